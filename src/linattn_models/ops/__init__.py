@@ -1,0 +1,6 @@
+"""The kernel core: causal (gated) linear attention in the [B, T, H, K] layout. See api.py."""
+from .api import gated_linear_attention, linear_attention, retention, retention_log_decays, simple_gla
+from .dispatch import resolve_backend
+
+__all__ = ["linear_attention", "retention", "simple_gla", "gated_linear_attention", "retention_log_decays",
+           "resolve_backend"]

@@ -1,0 +1,92 @@
+"""The public ops: one function per family, all computing gated linear attention (see reference.py).
+
+Layout [B, T, H, K] for q, k and gates, [B, T, H, V] for v; states [N, H, K, V] in float32; gates are natural
+log decays (<= 0). Every op returns (o, final_state) with final_state None unless output_final_state=True.
+Packed variable-length batches: B == 1 and cu_seqlens [N+1] (int) marks the N sequences.
+"""
+import math
+
+import torch
+
+from .dispatch import resolve_backend, triton_ops
+from .reference import run_torch
+from .validate import check_inputs
+
+# Below this many tokens, mode="auto" runs the recurrent form (decoding, short prompts).
+RECURRENT_MAX_T = 32
+NORMALIZER_EPS = 1e-6
+
+
+def retention_log_decays(num_heads, device=None):
+    """RetNet's fixed per-head log decays: g_h = log(1 - 2^(-5-h)), h = 0..H-1 (float32)."""
+    h = torch.arange(num_heads, dtype=torch.float64, device=device)
+    return torch.log1p(-torch.exp2(-5.0 - h)).float()
+
+
+def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, backend):
+    """Dispatch one gated linear attention call. gate: "none" | "head" (g: [H]) | "scalar" | "vector"."""
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    if mode == "auto":
+        mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
+    if resolve_backend(backend, q.device) == "triton":
+        return triton_ops().run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode)
+    if gate == "head":
+        g = g.view(1, 1, -1).expand(q.shape[:3])
+    return run_torch(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, mode)
+
+
+def linear_attention(q, k, v, normalize=False, scale=None, initial_state=None, output_final_state=False,
+                     cu_seqlens=None, mode="auto", backend=None):
+    """Causal linear attention (no decay): o_t = scale · q_t Σ_{s≤t} k_sᵀ v_s.
+
+    normalize=True divides by the normaliser scale · q_t · Σ_{s≤t} k_s (+1e-6), as in Katharopoulos et al.
+    (apply a positive feature map to q and k first). The normaliser is not part of the [K, V] state, so it
+    cannot be combined with initial_state; to carry it across calls, append a ones column to v instead.
+    """
+    check_inputs(q, k, v, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
+    if normalize and initial_state is not None:
+        raise ValueError("normalize=True cannot take an initial_state (the normaliser is not in the state); "
+                         "append a ones column to v and divide by it instead")
+    o, state = _run(q, k, v, None, "none", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
+    if normalize:
+        s = q.shape[-1] ** -0.5 if scale is None else scale
+        z = s * (q.float() * _cumsum_per_sequence(k.float(), cu_seqlens)).sum(-1, keepdim=True)
+        o = (o.float() / (z + NORMALIZER_EPS)).to(q.dtype)
+    return o, state
+
+
+def _cumsum_per_sequence(x, cu_seqlens):
+    """Cumulative sum over time (dim 1) that restarts at each cu_seqlens boundary."""
+    c = x.cumsum(1)
+    if cu_seqlens is None:
+        return c
+    # Subtract from each token the running sum reached just before its own sequence began.
+    before = torch.cat([torch.zeros_like(c[:, :1]), c], dim=1)[:, cu_seqlens[:-1].long()]
+    seq_id = torch.bucketize(torch.arange(x.shape[1], device=x.device), cu_seqlens[1:], right=True)
+    return c - before[:, seq_id]
+
+
+def retention(q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+              mode="auto", backend=None):
+    """Multi-scale retention (RetNet): fixed decay 1 - 2^(-5-h) for head h = 0..H-1."""
+    check_inputs(q, k, v, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
+    g = retention_log_decays(q.shape[2], q.device)
+    return _run(q, k, v, g, "head", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
+
+
+def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+               mode="auto", backend=None):
+    """Gated linear attention with one data-dependent log decay per head and token, g: [B, T, H] (<= 0)."""
+    check_inputs(q, k, v, g, 3, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
+    return _run(q, k, v, g, "scalar", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
+
+
+def gated_linear_attention(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+                           mode="auto", backend=None):
+    """Gated linear attention (GLA) with a data-dependent log decay per key dimension, g: [B, T, H, K] (<= 0)."""
+    check_inputs(q, k, v, g, 4, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
+    return _run(q, k, v, g, "vector", scale, initial_state, output_final_state, cu_seqlens, mode, backend)

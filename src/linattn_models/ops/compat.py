@@ -1,0 +1,103 @@
+"""Drop-in names for code written against flash-linear-attention (fla) ops.
+
+`from fla.ops.gla import chunk_gla` becomes `from linattn_models.ops import chunk_gla`: same argument names,
+order and [B, T, H, K] layout, same (o, final_state) return. Arguments fla has that we do not implement
+(head_first=True, reverse=True, a value gate gv) raise an error naming them instead of being ignored.
+"""
+import torch
+
+from .api import _run, linear_attention, retention
+from .validate import check_inputs
+
+
+def _reject(head_first=False, reverse=False, gv=None, **unknown):
+    if head_first:
+        raise ValueError("head_first=True is not supported: pass q, k, v as [B, T, H, K]")
+    if reverse:
+        raise ValueError("reverse=True is not supported")
+    if gv is not None:
+        raise ValueError("gv (a gate on the value dimension) is not supported")
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+
+
+def _vector(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, mode):
+    if g is None:
+        raise ValueError("g (or gk): log decays [B, T, H, K] are required")
+    check_inputs(q, k, v, g, 4, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale)
+    return _run(q, k, v, g, "vector", scale, initial_state, output_final_state, cu_seqlens, mode, None)
+
+
+def _scalar_or_gamma(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens, mode):
+    """g: [B, T, H] per-token decays, or g_gamma: [H] constant per-head decays, or neither."""
+    if g is not None and g_gamma is not None:
+        raise ValueError("pass either g ([B, T, H]) or g_gamma ([H]), not both")
+    check_inputs(q, k, v, g, 3, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale)
+    if g_gamma is None:
+        gate = "none" if g is None else "scalar"
+    else:
+        if not isinstance(g_gamma, torch.Tensor) or tuple(g_gamma.shape) != (q.shape[2],):
+            raise ValueError(f"g_gamma must be a tensor of shape [H] = ({q.shape[2]},)")
+        if g_gamma.device != q.device:
+            raise ValueError(f"g_gamma must be on q's device {q.device}, got {g_gamma.device}")
+        if g_gamma.device.type == "cpu" and (g_gamma > 0).any():
+            raise ValueError("g_gamma holds log decays and must be <= 0")
+        gate, g = "head", g_gamma.float()
+    return _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, None)
+
+
+def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None, **kw):
+    _reject(**kw)
+    return _vector(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, "chunk")
+
+
+def fused_recurrent_gla(q, k, v, gk=None, gv=None, scale=None, initial_state=None, output_final_state=False,
+                        reverse=False, cu_seqlens=None, **kw):
+    _reject(gv=gv, reverse=reverse, **kw)
+    return _vector(q, k, v, gk, scale, initial_state, output_final_state, cu_seqlens, "recurrent")
+
+
+def chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
+                     cu_seqlens=None, **kw):
+    _reject(**kw)
+    return _scalar_or_gamma(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens, "chunk")
+
+
+def fused_recurrent_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None,
+                               output_final_state=False, reverse=False, cu_seqlens=None, **kw):
+    _reject(reverse=reverse, **kw)
+    return _scalar_or_gamma(q, k, v, g, g_gamma, scale, initial_state, output_final_state, cu_seqlens,
+                            "recurrent")
+
+
+def chunk_retention(q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None, **kw):
+    _reject(**kw)
+    return retention(q, k, v, scale, initial_state, output_final_state, cu_seqlens, mode="chunk")
+
+
+def fused_recurrent_retention(q, k, v, scale=None, initial_state=None, output_final_state=False, reverse=False,
+                              cu_seqlens=None, **kw):
+    _reject(reverse=reverse, **kw)
+    return retention(q, k, v, scale, initial_state, output_final_state, cu_seqlens, mode="recurrent")
+
+
+def chunk_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, normalize=True,
+                      cu_seqlens=None, **kw):
+    _reject(**kw)
+    return linear_attention(q, k, v, normalize, scale, initial_state, output_final_state, cu_seqlens, mode="chunk")
+
+
+def fused_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_final_state=False, reverse=False,
+                                normalize=False, cu_seqlens=None, **kw):
+    _reject(reverse=reverse, **kw)
+    return linear_attention(q, k, v, normalize, scale, initial_state, output_final_state, cu_seqlens,
+                            mode="recurrent")
+
+
+# fla's fused_chunk_* variants compute the same thing as chunk_*.
+fused_chunk_gla, fused_chunk_simple_gla = chunk_gla, chunk_simple_gla
+fused_chunk_retention, fused_chunk_linear_attn = chunk_retention, chunk_linear_attn
+
+__all__ = ["chunk_gla", "fused_chunk_gla", "fused_recurrent_gla", "chunk_simple_gla", "fused_chunk_simple_gla",
+           "fused_recurrent_simple_gla", "chunk_retention", "fused_chunk_retention", "fused_recurrent_retention",
+           "chunk_linear_attn", "fused_chunk_linear_attn", "fused_recurrent_linear_attn"]

@@ -1,0 +1,146 @@
+"""Training data: the built-in default corpus (the Python standard library's own source) and local files.
+
+Everything here works offline: the default corpus is gathered at run time from the interpreter's standard
+library directory, and user data comes from local text / JSONL files read through ``datasets``.
+"""
+from __future__ import annotations
+
+import os
+import sysconfig
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+# Directories of the standard library that are not part of the corpus.
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+_MAX_FILE_BYTES = 1_000_000  # skip huge generated files
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(root: str | os.PathLike | None = None) -> list[Path]:
+    """Sorted list of the standard library's ``.py`` files (tests and third-party packages excluded)."""
+    root = Path(root) if root is not None else stdlib_dir()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                p = Path(dirpath) / name
+                try:
+                    if p.stat().st_size <= _MAX_FILE_BYTES:
+                        out.append(p)
+                except OSError:
+                    pass
+    out.sort()
+    return out
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
+
+
+def is_eval_file(rel_path: str, eval_percent: int = 5) -> bool:
+    """Deterministic held-out split by file: the same files are held out on every machine and run."""
+    return zlib.crc32(rel_path.encode("utf-8")) % 100 < eval_percent
+
+
+def iter_stdlib_texts(root=None) -> Iterator[tuple[str, str]]:
+    """Yield ``(relative_path, text)`` for every readable standard-library source file."""
+    root = Path(root) if root is not None else stdlib_dir()
+    for p in stdlib_files(root):
+        text = read_text(p)
+        if text and text.strip():
+            yield p.relative_to(root).as_posix(), text
+
+
+def stdlib_datasets(eval_percent: int = 5, max_train_docs: int | None = None, max_eval_docs: int | None = None):
+    """The default corpus as a ``datasets.DatasetDict`` with ``train`` and ``validation`` splits.
+
+    One document per source file (code, comments and docstrings as they are); files are held out by a
+    hash of their path, so train and validation never share a file.
+    """
+    from datasets import Dataset, DatasetDict
+
+    train, evals = [], []
+    for rel, text in iter_stdlib_texts():
+        (evals if is_eval_file(rel, eval_percent) else train).append({"text": text, "source": rel})
+    if max_train_docs is not None:
+        train = train[:max_train_docs]
+    if max_eval_docs is not None:
+        evals = evals[:max_eval_docs]
+    return DatasetDict({"train": Dataset.from_list(train), "validation": Dataset.from_list(evals)})
+
+
+def _builder_for(paths: list[str]) -> str:
+    exts = {Path(p).suffix.lower() for p in paths}
+    if exts <= {".json", ".jsonl"}:
+        return "json"
+    if exts <= {".parquet"}:
+        return "parquet"
+    if exts <= {".csv"}:
+        return "csv"
+    return "text"
+
+
+def _expand(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        q = Path(p)
+        if q.is_dir():
+            out += sorted(str(f) for f in q.rglob("*") if f.is_file() and f.suffix.lower() in
+                          {".txt", ".md", ".py", ".json", ".jsonl", ".parquet", ".csv", ".text", ".rst"})
+        else:
+            out.append(p)
+    if not out:
+        raise FileNotFoundError(f"no data files found in {paths}")
+    return out
+
+
+def load_local_dataset(paths: list[str], text_field: str = "text", sample_by: str = "document"):
+    """Load local files through ``datasets`` (no download): .txt-like files with the ``text`` builder
+    (one example per ``sample_by``: document, paragraph or line), .json/.jsonl/.csv/.parquet files by
+    their builder, keeping only ``text_field`` (renamed to ``text``)."""
+    from datasets import load_dataset
+
+    files = _expand(paths)
+    builder = _builder_for(files)
+    kwargs = {}
+    if builder == "text":
+        kwargs["sample_by"] = sample_by
+        if sample_by == "line":
+            kwargs["keep_linebreaks"] = True
+    ds = load_dataset(builder, data_files={"train": files}, split="train", **kwargs)
+    if text_field != "text":
+        if "text" in ds.column_names:
+            ds = ds.remove_columns("text")
+        ds = ds.rename_column(text_field, "text")
+    if "text" not in ds.column_names:
+        raise ValueError(f"no '{text_field}' field in {files[0]} (columns: {ds.column_names}); use --text-field")
+    return ds.select_columns(["text"])
+
+
+def pack_dataset(ds, tokenizer, block_size: int, num_proc: int | None = None, desc: str = "data"):
+    """Tokenize, append EOS after each document, concatenate and cut into ``block_size`` blocks
+    (the remainder at the end is dropped). Returns a dataset with ``input_ids`` and ``labels``."""
+    eos = tokenizer.eos_token_id
+
+    def tok(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [x + [eos] for x in ids]}
+
+    def group(batch):
+        flat = [t for x in batch["input_ids"] for t in x]
+        n = (len(flat) // block_size) * block_size
+        blocks = [flat[i:i + block_size] for i in range(0, n, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    cols = ds.column_names
+    ds = ds.map(tok, batched=True, remove_columns=cols, num_proc=num_proc, desc=f"Tokenizing {desc}")
+    ds = ds.map(group, batched=True, batch_size=1000, num_proc=num_proc, desc=f"Packing {desc} into blocks of {block_size}")
+    return ds

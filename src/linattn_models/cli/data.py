@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 # Directories of the standard library that are not part of the corpus.
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
+              "encodings"}  # encodings: generated codec tables, not prose or code
 _MAX_FILE_BYTES = 1_000_000  # skip huge generated files
 
 

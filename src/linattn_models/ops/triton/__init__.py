@@ -1,0 +1,283 @@
+"""Triton backend of the ops: `run_triton` (called by ops/api.py) and the autograd function around the kernels.
+
+Kernels (one family, the gate kind a tl.constexpr: 0 none, 1 per-head constant, 2 scalar, 3 vector):
+  common.py     chunk/sequence bounds, tile loads, chunk-local cumsum of g, the gate gradient
+  states.py     the sequential pass over chunks: boundary states (forward) and their gradients (backward)
+  chunk_fwd.py  per-chunk output (and the vector gate's intra-chunk matrix A)
+  chunk_bwd.py  per-chunk dq, dk, dv (and the vector gate's intra-chunk parts)
+  recurrent.py  token-by-token form (decoding, mode="recurrent")
+
+Forward (chunk): b = chunk-local cumsum of g → states pass (stores the state entering each chunk) → [A] → o.
+Backward: b and the chunk states are RECOMPUTED rather than kept from the forward: storing them costs
+T/BT·K·V values per head (256 MB in fp32 at B=4, H=16, T=4096, K=V=128, per layer: more than q, k, v together),
+while recomputing is one more sequential pass, about the cost of the forward's state pass (the cheapest kernel).
+The state of a training model's 24 layers would not fit otherwise. Then the reverse states pass (dS per chunk,
+dh0) → [dA, intra] → dv → dq, dk → dg (reverse cumsum of q⊙dq − k⊙dk plus rowsum(S_T ⊙ dS_T)).
+mode="recurrent" runs recurrent.py forward and the same chunked backward (identical math).
+
+Varlen (cu_seqlens): chunks are numbered per sequence (a chunk never crosses a boundary); a small index
+[NT, 2] (sequence, chunk) is built on the device, with one host sync for the chunk count (the grid size).
+"""
+import functools
+import os
+
+import torch
+import triton
+
+from .chunk_bwd import chunk_dqk_kernel, chunk_dv_kernel, chunk_vector_dA_kernel, chunk_vector_intra_bwd_kernel
+from .chunk_fwd import chunk_out_kernel, chunk_vector_A_kernel
+from .common import GATE_KINDS, GATE_SCALAR, GATE_VECTOR, gate_grad_kernel, local_cumsum_kernel
+from .recurrent import recurrent_kernel
+from .states import chunk_state_kernel
+
+# Triton picks interpreter vs compiler when a @triton.jit function is defined, i.e. when this module is imported.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Fill every output and scratch buffer with NaN before the kernels run, so unwritten memory shows (tests).
+POISON = os.environ.get("LINATTN_TRITON_POISON", "0") == "1"
+# Config overrides (keys of _config), e.g. for a block-size/warps sweep on a GPU.
+OVERRIDES = {}
+
+
+def _new(shape, dtype, device):
+    if POISON:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _np2(x, lo=16):
+    return max(lo, triton.next_power_of_2(int(x)))
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_mem(device):
+    if INTERPRET or device.type == "cpu":
+        return 1 << 20
+    try:
+        return triton.runtime.driver.active.utils.get_device_properties(device.index or 0)["max_shared_mem"]
+    except Exception:  # unknown driver: assume a small part
+        return 64 * 1024
+
+
+def _config(K, V, device):
+    """Block sizes and warps from the head dims and the device's shared memory (no autotune: first call fast).
+
+    BT = 64 rows per chunk, BC = 16 rows per sub-chunk (vector gate). Tiles of 64 along K/V keep a kernel's
+    operands (a few [64, 64] tiles, double-buffered) well inside 100 KB of shared memory; devices with more
+    (Hopper: 227 KB) take 128-wide K tiles in the output kernel, which then reads q once per V block.
+    """
+    big = _shared_mem(device) >= 160 * 1024
+    cfg = dict(BT=64, BC=16,
+               BK_state=min(64, _np2(K)), BV_state=min(64, _np2(V)),
+               BK_out=min(128 if big else 64, _np2(K)), BV_out=min(64, _np2(V)),
+               BK_dv=min(64, _np2(K)), BV_dv=min(64, _np2(V)),
+               BK_dqk=min(64, _np2(K)), BV_dqk=min(64, _np2(V)),
+               BK_A=min(64, _np2(K)), BV_dA=min(64, _np2(V)), BK_intra=min(64, _np2(K)),
+               BK_rec=_np2(K), BV_rec=min(_np2(V), max(16, 8192 // _np2(K))),
+               num_warps=4, num_stages=2 if big else 1)
+    cfg.update(OVERRIDES)
+    return cfg
+
+
+def _dot_precision(dtype):
+    if INTERPRET:
+        return "ieee"
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # the default; only fp32 operands are affected
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+class _Problem:
+    """Shapes, flattened contiguous views, sequence/chunk indexing and launch settings for one call."""
+
+    def __init__(self, q, k, v, g, gate, scale, cu_seqlens):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
+        self.TT = B * T
+        self.device, self.dtype = q.device, q.dtype
+        self.gate, self.GATE, self.scale = gate, GATE_KINDS[gate], float(scale)
+        self.q = q.contiguous().view(self.TT, H, K)
+        self.k = k.contiguous().view(self.TT, H, K)
+        self.v = v.contiguous().view(self.TT, H, V)
+        self.dummy = torch.zeros(1, dtype=torch.float32, device=self.device)
+        self.g_head = g.to(torch.float32).contiguous() if gate == "head" else self.dummy
+        self.g = None
+        if gate in ("scalar", "vector"):
+            self.g = g.contiguous().view((self.TT, H) + ((K,) if gate == "vector" else ()))
+        self.cfg = _config(K, V, self.device)
+        self.launch = dict(num_warps=self.cfg["num_warps"], num_stages=self.cfg["num_stages"])
+        self.prec = _dot_precision(q.dtype)
+        self.hdtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
+        BT = self.cfg["BT"]
+        self.varlen = cu_seqlens is not None
+        if self.varlen:
+            self.cu = cu_seqlens.to(device=self.device, dtype=torch.int64).contiguous()
+            self.N = self.cu.numel() - 1
+            nts = (self.cu[1:] - self.cu[:-1] + BT - 1) // BT
+            self.chunk_offsets = torch.cat([nts.new_zeros(1), nts.cumsum(0)])
+            self.NT = int(self.chunk_offsets[-1].item())  # the one host sync: the grid size
+            seq = torch.repeat_interleave(torch.arange(self.N, device=self.device), nts, output_size=self.NT)
+            self.chunk_indices = torch.stack(
+                [seq, torch.arange(self.NT, device=self.device) - self.chunk_offsets[seq]], 1).to(torch.int32)
+        else:
+            self.cu = self.chunk_offsets = self.chunk_indices = self.dummy
+            self.N, self.NT = B, B * _cdiv(T, BT)
+
+    # --- pieces ---------------------------------------------------------------------------------------
+    def local_cumsum(self):
+        """Chunk-local cumulative log gate b (fp32), for the scalar and vector gates; else a dummy."""
+        if self.g is None:
+            return self.dummy
+        D = self.K if self.gate == "vector" else 1
+        BD = min(64, _np2(D)) if D > 1 else 1
+        b = _new(self.g.shape, torch.float32, self.device)
+        local_cumsum_kernel[(_cdiv(D, BD), self.NT, self.H)](
+            self.g, b, self.cu, self.chunk_indices, self.T, self.H, D, self.cfg["BT"], BD, self.varlen,
+            **self.launch)
+        return b
+
+    def states(self, x, y, b, init, want_final, reverse):
+        """Boundary states (forward: x=k, y=v, init=h0) or state gradients (reverse: x=q, y=dO, init=dS_T)."""
+        c = self.cfg
+        buf = _new((self.NT, self.H, self.K, self.V), self.hdtype, self.device)
+        final = _new((self.N, self.H, self.K, self.V), torch.float32, self.device) if want_final else None
+        grid = (_cdiv(self.K, c["BK_state"]), _cdiv(self.V, c["BV_state"]), self.N * self.H)
+        chunk_state_kernel[grid](
+            x, y, b, self.g_head, init if init is not None else self.dummy, buf,
+            final if final is not None else self.dummy, self.cu, self.chunk_offsets, self.scale, self.T,
+            self.H, self.K, self.V, c["BT"], c["BK_state"], c["BV_state"], self.GATE, reverse, init is not None,
+            want_final, self.varlen, self.prec, **self.launch)
+        return buf, final
+
+    def vector_A(self, b):
+        c = self.cfg
+        A = _new((self.TT, self.H, c["BT"]), torch.float32, self.device)
+        chunk_vector_A_kernel[(c["BT"] // c["BC"], self.NT, self.H)](
+            self.q, self.k, b, A, self.cu, self.chunk_indices, self.scale, self.T, self.H, self.K, c["BT"],
+            c["BC"], c["BK_A"], self.varlen, self.prec, **self.launch)
+        return A
+
+    # --- forward --------------------------------------------------------------------------------------
+    def chunk_forward(self, h0, want_final):
+        c = self.cfg
+        b = self.local_cumsum()
+        h, ht = self.states(self.k, self.v, b, h0, want_final, False)
+        A = self.vector_A(b) if self.GATE == GATE_VECTOR else self.dummy
+        o = _new((self.TT, self.H, self.V), self.dtype, self.device)
+        chunk_out_kernel[(_cdiv(self.V, c["BV_out"]), self.NT, self.H)](
+            self.q, self.k, self.v, b, self.g_head, h, A, o, self.cu, self.chunk_indices, self.scale, self.T,
+            self.H, self.K, self.V, c["BT"], c["BK_out"], c["BV_out"], self.GATE, self.varlen, self.prec,
+            **self.launch)
+        return o, ht
+
+    def recurrent_forward(self, h0, want_final):
+        c = self.cfg
+        o = _new((self.TT, self.H, self.V), self.dtype, self.device)
+        ht = _new((self.N, self.H, self.K, self.V), torch.float32, self.device) if want_final else None
+        recurrent_kernel[(_cdiv(self.V, c["BV_rec"]), self.N * self.H)](
+            self.q, self.k, self.v, self.g if self.g is not None else self.dummy, self.g_head,
+            h0 if h0 is not None else self.dummy, o, ht if ht is not None else self.dummy, self.cu, self.scale,
+            self.T, self.H, self.K, self.V, c["BK_rec"], c["BV_rec"], self.GATE, h0 is not None, want_final,
+            self.varlen, num_warps=self.cfg["num_warps"])
+        return o, ht
+
+    # --- backward -------------------------------------------------------------------------------------
+    def chunk_backward(self, do, dht, h0, want_dh0):
+        c = self.cfg
+        TT, H, K, V, BT = self.TT, self.H, self.K, self.V, c["BT"]
+        do = do.to(self.dtype).contiguous().view(TT, H, V)
+        need_dg = self.GATE in (GATE_SCALAR, GATE_VECTOR)
+        b = self.local_cumsum()
+        h, ST = self.states(self.k, self.v, b, h0, need_dg and dht is not None, False)
+        dh, dh0 = self.states(self.q, do, b, dht, want_dh0, True)
+        gdtype = torch.float32 if need_dg else self.dtype
+        dq = _new((TT, H, K), gdtype, self.device)
+        dk = _new((TT, H, K), gdtype, self.device)
+        A = self.dummy
+        if self.GATE == GATE_VECTOR:
+            A = self.vector_A(b)
+            dA = _new((TT, H, BT), torch.float32, self.device)
+            chunk_vector_dA_kernel[(self.NT, H)](
+                self.v, do, dA, self.cu, self.chunk_indices, self.scale, self.T, H, V, BT, c["BV_dA"],
+                self.varlen, self.prec, **self.launch)
+            chunk_vector_intra_bwd_kernel[(_cdiv(K, c["BK_intra"]) * (BT // c["BC"]), self.NT, H)](
+                self.q, self.k, b, dA, dq, dk, self.cu, self.chunk_indices, self.T, H, K, BT, c["BC"],
+                c["BK_intra"], self.varlen, self.prec, **self.launch)
+        dv = _new((TT, H, V), self.dtype, self.device)
+        chunk_dv_kernel[(_cdiv(V, c["BV_dv"]), self.NT, H)](
+            self.q, self.k, do, b, self.g_head, dh, A, dv, self.cu, self.chunk_indices, self.scale, self.T,
+            H, K, V, BT, c["BK_dv"], c["BV_dv"], self.GATE, self.varlen, self.prec, **self.launch)
+        chunk_dqk_kernel[(_cdiv(K, c["BK_dqk"]), self.NT, H)](
+            self.q, self.k, self.v, do, b, self.g_head, h, dh, dq, dk, self.cu, self.chunk_indices, self.scale,
+            self.T, H, K, V, BT, c["BK_dqk"], c["BV_dqk"], self.GATE, self.varlen, self.prec, **self.launch)
+        dg = None
+        if need_dg:
+            scalar = self.GATE == GATE_SCALAR
+            cst = None
+            if dht is not None:  # rowsum(S_T ⊙ dS_T): the per-sequence constant of dg
+                cst = (ST * dht).sum(-1)
+                cst = (cst.sum(-1) if scalar else cst).contiguous()
+            BK = _np2(K) if scalar else min(64, _np2(K))
+            dg = _new(self.g.shape, torch.float32, self.device)
+            gate_grad_kernel[(_cdiv(K, BK), self.N * H)](
+                self.q, self.k, dq, dk, cst if cst is not None else self.dummy, dg, self.cu, self.chunk_offsets,
+                self.T, H, K, BT, BK, scalar, cst is not None, self.varlen, **self.launch)
+        return dq, dk, dv, dg, dh0
+
+
+class _GatedLinearAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, gate, cu_seqlens, mode, output_final_state):
+        p = _Problem(q, k, v, g, gate, scale, cu_seqlens)
+        if mode == "recurrent":
+            o, ht = p.recurrent_forward(h0, output_final_state)
+        else:
+            o, ht = p.chunk_forward(h0, output_final_state)
+        ctx.save_for_backward(q, k, v, g, h0, cu_seqlens)
+        ctx.scale, ctx.gate = scale, gate
+        return o.view(v.shape[:3] + (v.shape[-1],)), ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h0, cu_seqlens = ctx.saved_tensors
+        p = _Problem(q, k, v, g, ctx.gate, ctx.scale, cu_seqlens)
+        if do is None:
+            do = torch.zeros_like(v)
+        dht = dht.contiguous() if dht is not None else None
+        dq, dk, dv, dg, dh0 = p.chunk_backward(do, dht, h0, h0 is not None and ctx.needs_input_grad[4])
+        dq = dq.view(q.shape).to(q.dtype)
+        dk = dk.view(k.shape).to(k.dtype)
+        dv = dv.view(v.shape)
+        if dg is not None:
+            dg = dg.view(g.shape).to(g.dtype)
+        return dq, dk, dv, dg, dh0, None, None, None, None, None
+
+
+def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode):
+    """Gated linear attention through the Triton kernels; see ops/api.py. Returns (o in q.dtype, state or None).
+
+    gate: "none" (g None), "head" (g [H] float32 log decays), "scalar" (g [B, T, H]), "vector" (g [B, T, H, K]).
+    mode: "chunk" or "recurrent" (same function; the recurrent one suits decoding).
+    """
+    if q.dtype == torch.float64:
+        raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
+    if gate not in GATE_KINDS:
+        raise ValueError(f"gate must be one of {tuple(GATE_KINDS)}, got {gate!r}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if B * T == 0:  # nothing to run: the state passes through
+        o = v.new_zeros(v.shape).to(q.dtype)
+        if not output_final_state:
+            return o, None
+        if initial_state is not None:
+            return o, initial_state.float() + 0.0
+        return o, torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device)
+    if initial_state is not None:
+        initial_state = initial_state.to(torch.float32).contiguous()
+    return _GatedLinearAttention.apply(q, k, v, g, initial_state, scale, gate, cu_seqlens, mode,
+                                       bool(output_final_state))

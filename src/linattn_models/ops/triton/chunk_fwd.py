@@ -1,0 +1,98 @@
+"""Chunked forward, the parallel part: per chunk (grid over chunks), given the entering states S_0 from states.py.
+
+With b the chunk-local cumulative log gate (b_i = Σ_{t≤i} g_t inside the chunk) and s the scale:
+
+    A_ij = s Σ_d q_id k_jd e^{b_id − b_jd}   (j ≤ i, else 0)
+    o_i  = s (q_i ⊙ e^{b_i}) S_0 + Σ_{j≤i} A_ij v_j
+
+`chunk_out_kernel` computes o; for gate kinds none/head/scalar the factor e^{b_i − b_j} is one number per
+(i, j), so A = s (Q Kᵀ) ⊙ e^{b_i − b_j} ⊙ mask is formed on chip. For the vector gate (GATE 3) the factor differs
+per d and `chunk_vector_A_kernel` computes A first, in sub-chunks of BC rows: for j before the sub-chunk,
+rebased on p = the last row before it,
+
+    A_ij = s (q_i ⊙ e^{b_i − b_p}) · (k_j ⊙ e^{b_p − b_j})       (both exponents ≤ 0: one matmul)
+
+and inside the sub-chunk elementwise in fp32, one column j at a time. No exponent is ever positive.
+"""
+import triton
+import triton.language as tl
+
+from .common import chunk_bounds, load_tile, store_tile
+
+
+@triton.jit
+def chunk_vector_A_kernel(q, k, gb, A, cu_seqlens, chunk_indices, scale, T, H: tl.constexpr, K: tl.constexpr,
+                          BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, VARLEN: tl.constexpr,
+                          DOT_PREC: tl.constexpr):
+    """A [T, H, BT] (fp32), rows of sub-chunk i_c of chunk i_t. Grid (BT // BC, NT, H)."""
+    i_c, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
+    r0 = i_c * BC
+    if r0 < L:
+        ri = r0 + tl.arange(0, BC)
+        cols = tl.arange(0, BT)
+        acc = tl.zeros([BC, BT], dtype=tl.float32)
+        for i_k in range(tl.cdiv(K, BK)):
+            rk = i_k * BK + tl.arange(0, BK)
+            qi = load_tile(q, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
+            bi = load_tile(gb, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
+            if i_c > 0:
+                b_p = tl.load(gb + ((start + r0 - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)
+                kt = load_tile(k, start, r0, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # [BK, BT], j < r0
+                bt = load_tile(gb, start, r0, i_k * BK, H, K, i_h, BT, BK, True, 0.0)
+                kg = kt * tl.exp(tl.minimum(b_p[:, None] - bt, 0.0))
+                qg = qi * tl.exp(tl.minimum(bi - b_p[None, :], 0.0))
+                acc += tl.dot(qg.to(q.dtype.element_ty), kg.to(q.dtype.element_ty), input_precision=DOT_PREC)
+            qi = qi.to(tl.float32)
+            for jj in range(BC):
+                j = r0 + jj
+                mj = rk < tl.where(j < L, K, 0)  # (a scalar & vector mask trips the interpreter)
+                kj = tl.load(k + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0).to(tl.float32)
+                bj = tl.load(gb + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0)
+                col = tl.sum(qi * kj[None, :] * tl.exp(tl.minimum(bi - bj[None, :], 0.0)), axis=1)
+                col = tl.where(ri >= j, col, 0.0)
+                acc += tl.where(cols[None, :] == j, col[:, None], 0.0)
+        r = tl.arange(0, BC)[:, None]
+        tl.store(A + ((start + r0 + r) * H + i_h) * BT + cols[None, :], acc * scale, mask=(r0 + r) < L)
+
+
+@triton.jit
+def chunk_out_kernel(q, k, v, gb, gh, h, A, o, cu_seqlens, chunk_indices, scale, T, H: tl.constexpr,
+                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     GATE: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """o [T, H, V] for chunk i_t, V block i_v; h [NT, H, K, V] entering states. Grid (V blocks, NT, H)."""
+    i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
+    dt = q.dtype.element_ty
+    rv = i_v * BV + tl.arange(0, BV)
+    rt = tl.arange(0, BT)
+    hp = h + (i_t.to(tl.int64) * H + i_h) * K * V
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    P = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        rk = i_k * BK + tl.arange(0, BK)
+        qt = load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+        hk = tl.load(hp + rk[:, None] * V + rv[None, :], mask=(rk[:, None] < K) & (rv[None, :] < V), other=0.0)
+        if GATE == 3:
+            bq = load_tile(gb, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+            qt = (qt * tl.exp(tl.minimum(bq, 0.0))).to(dt)
+        else:
+            kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # [BK, BT]
+            P += tl.dot(qt, kt, input_precision=DOT_PREC)
+        acc += tl.dot(qt, hk.to(dt), input_precision=DOT_PREC)
+    if GATE == 3:
+        P = tl.load(A + ((start + rt[:, None]) * H + i_h) * BT + rt[None, :], mask=rt[:, None] < L, other=0.0)
+    else:
+        causal = rt[:, None] >= rt[None, :]
+        if GATE == 0:
+            P = tl.where(causal, P, 0.0) * scale
+        else:
+            if GATE == 1:
+                b = (rt + 1).to(tl.float32) * tl.load(gh + i_h).to(tl.float32)
+            else:
+                b = tl.load(gb + (start + rt) * H + i_h, mask=rt < L, other=0.0)
+            acc *= tl.exp(tl.minimum(b, 0.0))[:, None]
+            P = tl.where(causal, P * tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0) * scale
+    vt = load_tile(v, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+    acc = acc * scale + tl.dot(P.to(dt), vt, input_precision=DOT_PREC)
+    store_tile(o, acc, start, L, i_v * BV, H, V, i_h, BT, BV)

@@ -1,0 +1,122 @@
+"""Small kernels and jit helpers shared by the chunked and recurrent kernels.
+
+- `chunk_bounds`: which sequence a chunk belongs to and the rows it covers (chunks never cross a sequence).
+- `load_tile`:  a masked [R, C] tile of a [T, H, D] tensor at rows start.., columns c0.. (plain pointers).
+- `local_cumsum_kernel`: b_i = Σ_{t ≤ i, t in the chunk} g_t, the chunk-local cumulative log gate (fp32).
+- `gate_grad_kernel`: dg_t = Σ_{i ≥ t, same sequence} (q_i ⊙ dq_i − k_i ⊙ dk_i) + c, c = rowsum(S_T ⊙ dS_T)
+  (KERNELS.md; summed over the key dim for a scalar gate). The recurrence S_t = diag(e^{g_t}) S_{t−1} + k_tᵀv_t
+  gives dg_t = rowsum(diag(e^{g_t}) S_{t−1} ⊙ dS_t) = q_t⊙dq_t − k_t⊙dk_t + dg_{t+1}, ending in rowsum(S_T ⊙ dS_T).
+
+Gate kinds (tl.constexpr GATE): 0 none, 1 one constant log decay per head, 2 scalar per token and head,
+3 vector per token, head and key dim.
+"""
+import triton
+import triton.language as tl
+
+GATE_NONE, GATE_HEAD, GATE_SCALAR, GATE_VECTOR = 0, 1, 2, 3
+GATE_KINDS = {"none": GATE_NONE, "head": GATE_HEAD, "scalar": GATE_SCALAR, "vector": GATE_VECTOR}
+
+
+@triton.jit
+def chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """Global chunk i_t -> (sequence n, first row `start` (int64), valid rows L in 1..BT)."""
+    if VARLEN:
+        n = tl.load(chunk_indices + 2 * i_t).to(tl.int64)
+        c = tl.load(chunk_indices + 2 * i_t + 1).to(tl.int64)
+        bos = tl.load(cu_seqlens + n).to(tl.int64)
+        eos = tl.load(cu_seqlens + n + 1).to(tl.int64)
+    else:
+        nt = tl.cdiv(T, BT)
+        n = (i_t // nt).to(tl.int64)
+        c = (i_t % nt).to(tl.int64)
+        bos = n * T
+        eos = bos + T
+    start = bos + c * BT
+    L = tl.minimum(eos - start, BT)
+    return n, start, L
+
+
+@triton.jit
+def seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT: tl.constexpr, VARLEN: tl.constexpr):
+    """Sequence i_n -> (first row, length, global index of its first chunk)."""
+    if VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+        c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    else:
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
+        c0 = i_n.to(tl.int64) * tl.cdiv(T, BT)
+    return bos, eos - bos, c0
+
+
+@triton.jit
+def load_tile(ptr, start, L, c0, H, D, i_h, R: tl.constexpr, C: tl.constexpr, TRANS: tl.constexpr, other):
+    """Rows start..start+R (valid < L), columns c0..c0+C (valid < D) of a [T, H, D] tensor at head i_h.
+
+    Returns [R, C], or [C, R] when TRANS (read transposed straight from memory, no register transpose).
+    """
+    if TRANS:
+        r = tl.arange(0, R)[None, :]
+        c = c0 + tl.arange(0, C)[:, None]
+    else:
+        r = tl.arange(0, R)[:, None]
+        c = c0 + tl.arange(0, C)[None, :]
+    p = ptr + ((start + r) * H + i_h) * D + c
+    return tl.load(p, mask=(r < L) & (c < D), other=other)
+
+
+@triton.jit
+def store_tile(ptr, x, start, L, c0, H, D, i_h, R: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, R)[:, None]
+    c = c0 + tl.arange(0, C)[None, :]
+    tl.store(ptr + ((start + r) * H + i_h) * D + c, x.to(ptr.dtype.element_ty), mask=(r < L) & (c < D))
+
+
+@triton.jit
+def local_cumsum_kernel(g, b, cu_seqlens, chunk_indices, T, H: tl.constexpr, D: tl.constexpr,
+                        BT: tl.constexpr, BD: tl.constexpr, VARLEN: tl.constexpr):
+    """b = chunk-local cumulative sum of g over time; g, b: [T, H, D] (D = 1 for a scalar gate)."""
+    i_d, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
+    x = load_tile(g, start, L, i_d * BD, H, D, i_h, BT, BD, False, 0.0).to(tl.float32)
+    store_tile(b, tl.cumsum(x, axis=0), start, L, i_d * BD, H, D, i_h, BT, BD)
+
+
+@triton.jit
+def gate_grad_kernel(q, k, dq, dk, c, dg, cu_seqlens, chunk_offsets, T, H: tl.constexpr, K: tl.constexpr,
+                     BT: tl.constexpr, BK: tl.constexpr, SCALAR: tl.constexpr, HAS_C: tl.constexpr,
+                     VARLEN: tl.constexpr):
+    """dg = reverse cumsum over the sequence of q⊙dq − k⊙dk, plus c [N, H, K] (or [N, H] if SCALAR).
+
+    Grid (K blocks, N·H); SCALAR: one block covering all of K, summed to one value per token.
+    """
+    i_k, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, L_seq, _ = seq_bounds(i_n, cu_seqlens, cu_seqlens, T, BT, VARLEN)
+    cols = i_k * BK + tl.arange(0, BK)
+    if SCALAR:
+        carry = tl.zeros([1], dtype=tl.float32)
+        if HAS_C:
+            carry += tl.load(c + i_n * H + i_h)
+    else:
+        carry = tl.zeros([BK], dtype=tl.float32)
+        if HAS_C:
+            carry += tl.load(c + (i_n * H + i_h) * K + cols, mask=cols < K, other=0.0)
+    for j in range(tl.cdiv(L_seq, BT)):
+        start = bos + (tl.cdiv(L_seq, BT) - 1 - j) * BT
+        L = tl.minimum(bos + L_seq - start, BT)
+        x = (load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+             * load_tile(dq, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+             - load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+             * load_tile(dk, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32))
+        if SCALAR:
+            x = tl.sum(x, axis=1)[:, None]  # [BT, 1]
+            out = tl.cumsum(x, axis=0, reverse=True) + carry[None, :]
+            r = tl.arange(0, BT)[:, None]
+            tl.store(dg + (start + r) * H + i_h + tl.zeros([1], tl.int64)[None, :],
+                     out.to(dg.dtype.element_ty), mask=r < L)
+        else:
+            out = tl.cumsum(x, axis=0, reverse=True) + carry[None, :]
+            store_tile(dg, out, start, L, i_k * BK, H, K, i_h, BT, BK)
+        carry += tl.sum(x, axis=0)

@@ -1,0 +1,108 @@
+"""What every token mixer shares: padding -> packed varlen calls of the ops, and state I/O with the cache.
+
+A mixer sees hidden states [B, T, D] and, when the batch is padded, a `Padding` describing where the real
+tokens are. The op then runs on the real tokens only, packed as one [1, N_real] sequence with `cu_seqlens`
+(one segment per row that has real tokens); pads never reach a state and never decay it, and their outputs
+are zeros. The cache is duck-typed: `cache.get_state(layer_idx, name)` / `cache.set_state(layer_idx, name, x)`.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ATTN_MODES = ("auto", "chunk", "recurrent")
+
+
+@dataclass
+class Padding:
+    """The real tokens of a padded [B, T] batch (built once per forward, shared by all layers)."""
+
+    mask: torch.Tensor        # [B, T] bool, True = real token
+    indices: torch.Tensor     # [N_real] flat indices into B*T of the real tokens, row-major
+    rows: torch.Tensor        # [N] rows holding at least one real token
+    cu_seqlens: torch.Tensor  # [N + 1] int64 offsets of those rows' tokens in the packed sequence
+
+    @classmethod
+    def from_mask(cls, attention_mask, seq_len):
+        """None when the last `seq_len` columns of the 2-D mask are all real tokens (nothing to pack)."""
+        if attention_mask is None:
+            return None
+        if attention_mask.ndim != 2:
+            raise ValueError(f"attention_mask must be a 2-D [batch, seq] padding mask, got shape "
+                             f"{tuple(attention_mask.shape)}")
+        if attention_mask.shape[1] < seq_len:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but the input has {seq_len}")
+        mask = attention_mask[:, attention_mask.shape[1] - seq_len:].bool()
+        if bool(mask.all()):
+            return None
+        counts = mask.sum(1)
+        rows = counts.nonzero().squeeze(1)
+        cu_seqlens = F.pad(counts.index_select(0, rows).cumsum(0), (1, 0))
+        indices = mask.flatten().nonzero().squeeze(1)
+        return cls(mask, indices, rows, cu_seqlens)
+
+
+def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, padding=None, mode="auto", **kwargs):
+    """Call an op from linattn_models.ops on [B, T, H, *] inputs, packing out the pads when `padding` is set.
+
+    Returns (o [B, T, H, V], final_state [B, H, K, V] fp32 or None). Rows without real tokens keep their
+    initial state (zeros when there is none)."""
+    args = (q, k, v) if g is None else (q, k, v, g)
+    if padding is None:
+        return op(*args, initial_state=initial_state, output_final_state=output_final_state, mode=mode, **kwargs)
+    B, T, H = q.shape[:3]
+    V = v.shape[-1]
+    if padding.indices.numel() == 0:
+        o = v.new_zeros(B, T, H, V)
+        if not output_final_state:
+            return o, None
+        if initial_state is None:
+            dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+            initial_state = q.new_zeros(B, H, q.shape[-1], V, dtype=dt)
+        return o, initial_state
+
+    def pack(x):
+        return x.flatten(0, 1).index_select(0, padding.indices).unsqueeze(0)
+
+    h0 = None if initial_state is None else initial_state.index_select(0, padding.rows)
+    o, state = op(*(pack(x) for x in args), initial_state=h0, output_final_state=output_final_state,
+                  cu_seqlens=padding.cu_seqlens, mode=mode, **kwargs)
+    o = o.new_zeros(B * T, H, o.shape[-1]).index_copy(0, padding.indices, o[0]).view(B, T, H, -1)
+    if output_final_state:
+        base = initial_state if initial_state is not None else state.new_zeros(B, *state.shape[1:])
+        state = base.index_copy(0, padding.rows, state)
+    return o, state
+
+
+class TokenMixer(nn.Module):
+    """Base class: a sequence mixer with a recurrent state kept in the cache under `layer_idx`."""
+
+    def __init__(self, layer_idx: int = 0, mode: str = "auto"):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mode = mode
+
+    @property
+    def mode(self):
+        return self._mode
+
+    @mode.setter
+    def mode(self, value):
+        if value not in ATTN_MODES:
+            raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {value!r}")
+        self._mode = value
+
+    def get_state(self, cache, name):
+        return None if cache is None else cache.get_state(self.layer_idx, name)
+
+    def set_state(self, cache, name, value):
+        if cache is not None and value is not None:
+            cache.set_state(self.layer_idx, name, value)
+
+    def conv(self, conv_module, x, cache, name, padding):
+        """Run a ShortConvolution, reading/writing its state `name` in the cache."""
+        y, state = conv_module(x, conv_state=self.get_state(cache, name),
+                               mask=None if padding is None else padding.mask, output_final_state=cache is not None)
+        self.set_state(cache, name, state)
+        return y

@@ -1,0 +1,57 @@
+"""GatedLinearAttention: the GLA mixer (Yang et al. 2024).
+
+    q_t, k_t, v_t = W_q x_t, W_k x_t, W_v x_t        (optionally through a short causal conv + SiLU)
+    g_t = logsigmoid(W_2 W_1 x_t + b) / τ             low-rank data-dependent log decay per key dim, τ = 16
+    S_t = Diag(exp(g_t)) S_{t-1} + k_tᵀ v_t          (ops.gated_linear_attention)
+    o_t = W_o [ RMSNorm_head(s · q_t S_t) ⊙ swish(W_r x_t) ]
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..modules import GatedRMSNorm, ShortConvolution
+from .common import TokenMixer, attend
+
+
+class GatedLinearAttention(TokenMixer):
+    def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int,
+                 gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0, use_short_conv: bool = False,
+                 conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):
+        super().__init__(layer_idx, mode)
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.gate_logit_normalizer = float(gate_logit_normalizer)
+        key_dim, value_dim = num_heads * head_k_dim, num_heads * head_v_dim
+        self.q_proj = nn.Linear(hidden_size, key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, value_dim, bias=False)
+        self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
+        self.gk_proj = nn.Sequential(nn.Linear(hidden_size, gate_low_rank_dim, bias=False),
+                                     nn.Linear(gate_low_rank_dim, key_dim, bias=True))
+        self.use_short_conv = use_short_conv
+        if use_short_conv:
+            self.q_conv1d = ShortConvolution(key_dim, conv_size)
+            self.k_conv1d = ShortConvolution(key_dim, conv_size)
+            self.v_conv1d = ShortConvolution(value_dim, conv_size)
+        self.g_norm = GatedRMSNorm(head_v_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(value_dim, hidden_size, bias=False)
+
+    def forward(self, x, cache=None, padding=None, positions=None):
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.use_short_conv:
+            q = self.conv(self.q_conv1d, q, cache, "conv_q", padding)
+            k = self.conv(self.k_conv1d, k, cache, "conv_k", padding)
+            v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
+        H = self.num_heads
+        q = q.view(B, T, H, self.head_k_dim)
+        k = k.view(B, T, H, self.head_k_dim)
+        v = v.view(B, T, H, self.head_v_dim)
+        # log decays stay in float32 (the ops accept any float gate dtype)
+        g = F.logsigmoid(self.gk_proj(x).float()) / self.gate_logit_normalizer
+        g = g.view(B, T, H, self.head_k_dim)
+        o, state = attend(ops.gated_linear_attention, q, k, v, g, initial_state=self.get_state(cache, "recurrent"),
+                          output_final_state=cache is not None, padding=padding, mode=self.mode)
+        self.set_state(cache, "recurrent", state)
+        o = self.g_norm(o, self.g_proj(x).view(B, T, H, self.head_v_dim))
+        return self.o_proj(o.reshape(B, T, -1))

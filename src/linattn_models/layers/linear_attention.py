@@ -1,0 +1,73 @@
+"""LinearAttention: the Linear Transformer mixer (Katharopoulos et al. 2020).
+
+    q_t = φ(W_q x_t), k_t = φ(W_k x_t), v_t = W_v x_t                    per head
+    S_t = S_{t-1} + k_tᵀ v_t,      z_t = z_{t-1} + k_t
+    o_t = s · q_t S_t / (s · q_t · z_t + eps)      (normalize=True; else o_t = s · q_t S_t)
+
+The normaliser z [B, H, K] is carried next to S [B, H, K, V] in the cache, so decoding token by token equals
+the parallel form. Optional output RMSNorm per head (advisable without the normaliser) and short conv on q/k/v.
+"""
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ..modules import RMSNorm, ShortConvolution, get_feature_map
+from .common import TokenMixer, attend
+
+NORMALIZER_EPS = 1e-6
+
+
+class LinearAttention(TokenMixer):
+    def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int, feature_map: str = "elu",
+                 normalize: bool = True, output_norm: bool = False, use_short_conv: bool = False,
+                 conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):
+        super().__init__(layer_idx, mode)
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.normalize = normalize
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, num_heads * head_v_dim, bias=False)
+        self.feature_map = get_feature_map(feature_map, num_heads, head_k_dim)
+        self.use_short_conv = use_short_conv
+        if use_short_conv:
+            self.q_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
+            self.k_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
+            self.v_conv1d = ShortConvolution(num_heads * head_v_dim, conv_size)
+        self.o_norm = RMSNorm(head_v_dim, eps=norm_eps) if output_norm else None
+        self.o_proj = nn.Linear(num_heads * head_v_dim, hidden_size, bias=False)
+
+    def forward(self, x, cache=None, padding=None, positions=None):
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.use_short_conv:
+            q = self.conv(self.q_conv1d, q, cache, "conv_q", padding)
+            k = self.conv(self.k_conv1d, k, cache, "conv_k", padding)
+            v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
+        q = self.feature_map(q.view(B, T, self.num_heads, self.head_k_dim))
+        k = self.feature_map(k.view(B, T, self.num_heads, self.head_k_dim))
+        v = v.view(B, T, self.num_heads, self.head_v_dim)
+        scale = q.shape[-1] ** -0.5
+        o, state = attend(ops.linear_attention, q, k, v, initial_state=self.get_state(cache, "recurrent"),
+                          output_final_state=cache is not None, padding=padding, mode=self.mode, scale=scale)
+        self.set_state(cache, "recurrent", state)
+        if self.normalize:
+            o = self._normalize(o, q, k, cache, padding, scale)
+        if self.o_norm is not None:
+            o = self.o_norm(o)
+        return self.o_proj(o.reshape(B, T, -1))
+
+    def _normalize(self, o, q, k, cache, padding, scale):
+        """Divide by s · q_t · z_t, z_t = z_0 + Σ_{s≤t} k_s over real tokens (fp32; fp64 for fp64 inputs)."""
+        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        kf = k.to(dt)
+        if padding is not None:
+            kf = kf * padding.mask[..., None, None].to(dt)
+        z = kf.cumsum(1)
+        z0 = self.get_state(cache, "normalizer")
+        if z0 is not None:
+            z = z + z0.to(dt)[:, None]
+        if cache is not None:
+            self.set_state(cache, "normalizer", z[:, -1] if z.shape[1] else z0)
+        den = scale * (q.to(dt) * z).sum(-1, keepdim=True)
+        return (o.to(dt) / (den + NORMALIZER_EPS)).to(o.dtype)

@@ -1,0 +1,55 @@
+"""MultiScaleRetention: the RetNet mixer (Sun et al. 2023), with plain RoPE instead of xPos.
+
+    q_t, k_t = RoPE(W_q x_t, t), RoPE(W_k x_t, t);  v_t = W_v x_t          per head h
+    S_t = γ_h S_{t-1} + k_tᵀ v_t,   γ_h = 1 - 2^(-5-h)                    (ops.retention)
+    o_t = W_o [ RMSNorm_head(s · q_t S_t) ⊙ swish(W_g x_t) ]
+
+Positions count real tokens only (pads are packed out), so a left-padded row sees the same positions as the
+sequence run alone.
+"""
+import torch
+import torch.nn as nn
+
+from .. import ops
+from ..modules import GatedRMSNorm, RotaryEmbedding, ShortConvolution
+from .common import TokenMixer, attend
+
+
+class MultiScaleRetention(TokenMixer):
+    def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int,
+                 rope_theta: float = 10000.0, use_short_conv: bool = False, conv_size: int = 4,
+                 norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):
+        super().__init__(layer_idx, mode)
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, num_heads * head_v_dim, bias=False)
+        self.g_proj = nn.Linear(hidden_size, num_heads * head_v_dim, bias=False)
+        self.use_short_conv = use_short_conv
+        if use_short_conv:
+            self.q_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
+            self.k_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
+            self.v_conv1d = ShortConvolution(num_heads * head_v_dim, conv_size)
+        self.rotary = RotaryEmbedding(head_k_dim, base=rope_theta)
+        self.g_norm = GatedRMSNorm(head_v_dim, eps=norm_eps)
+        self.o_proj = nn.Linear(num_heads * head_v_dim, hidden_size, bias=False)
+
+    def forward(self, x, cache=None, padding=None, positions=None):
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.use_short_conv:
+            q = self.conv(self.q_conv1d, q, cache, "conv_q", padding)
+            k = self.conv(self.k_conv1d, k, cache, "conv_k", padding)
+            v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
+        q = q.view(B, T, self.num_heads, self.head_k_dim)
+        k = k.view(B, T, self.num_heads, self.head_k_dim)
+        v = v.view(B, T, self.num_heads, self.head_v_dim)
+        if positions is None:
+            positions = torch.arange(T, device=x.device).expand(B, T)
+        q, k = self.rotary(q, k, positions)
+        o, state = attend(ops.retention, q, k, v, initial_state=self.get_state(cache, "recurrent"),
+                          output_final_state=cache is not None, padding=padding, mode=self.mode)
+        self.set_state(cache, "recurrent", state)
+        o = self.g_norm(o, self.g_proj(x).view(B, T, self.num_heads, self.head_v_dim))
+        return self.o_proj(o.reshape(B, T, -1))

@@ -1,0 +1,92 @@
+"""The configuration fields shared by the three architectures (a transformers 5 dataclass config).
+
+Each architecture subclasses `LinAttnConfig`, sets `model_type` and `mixer` and adds its mixer's fields.
+Head dims: `head_k_dim` / `head_v_dim`, or derived as hidden_size * expand_k (expand_v) / num_heads.
+`save_pretrained` also writes `linattn_shim.py` next to config.json and an `auto_map` pointing to it, so
+`AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` works without importing us first.
+"""
+import os
+
+from transformers import PreTrainedConfig
+
+SHIM_MODULE = "linattn_shim"
+ATTN_MODES = ("auto", "chunk", "recurrent")
+
+
+class LinAttnConfig(PreTrainedConfig):
+    model_type = "linattn_base"
+    # class name prefix of this architecture's classes (LinearTransformer -> LinearTransformerConfig, ...)
+    class_prefix = None
+    attribute_map = {"num_attention_heads": "num_heads"}
+
+    vocab_size: int = 32000
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_heads: int = 16
+    head_k_dim: int | None = None
+    head_v_dim: int | None = None
+    expand_k: float = 1.0
+    expand_v: float = 1.0
+    intermediate_size: int | None = None
+    hidden_act: str = "silu"
+    use_short_conv: bool = False
+    conv_size: int = 4
+    attn_mode: str = "auto"
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    # defaults: the bundled tokenizer's ids (<|endoftext|> = 0 is BOS and EOS, <|pad|> = 1)
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 0
+    eos_token_id: int | list[int] | None = 0
+    layer_types: list[str] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.head_k_dim is None:
+            self.head_k_dim = _divide(int(self.hidden_size * self.expand_k), self.num_heads, "hidden_size * expand_k")
+        if self.head_v_dim is None:
+            self.head_v_dim = _divide(int(self.hidden_size * self.expand_v), self.num_heads, "hidden_size * expand_v")
+        if self.intermediate_size is None:
+            # SwiGLU with ~8/3 expansion, rounded up to a multiple of 256
+            self.intermediate_size = 256 * ((int(self.hidden_size * 8 / 3) + 255) // 256)
+        if self.layer_types is None:
+            self.layer_types = ["linear_attention"] * self.num_hidden_layers
+        if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) != {"linear_attention"}:
+            raise ValueError(f"layer_types must be ['linear_attention'] * num_hidden_layers "
+                             f"({self.num_hidden_layers}), got {self.layer_types}")
+        if self.attn_mode not in ATTN_MODES:
+            raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {self.attn_mode!r}")
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def auto_map_classes(cls):
+        p = cls.class_prefix
+        return {"AutoConfig": f"{p}Config", "AutoModel": f"{p}Model", "AutoModelForCausalLM": f"{p}ForCausalLM",
+                "AutoModelForSequenceClassification": f"{p}ForSequenceClassification"}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save config.json with an auto_map to a one-line shim module (written next to it)."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory ({save_directory}) should be a directory, not a file")
+        os.makedirs(save_directory, exist_ok=True)
+        names = self.auto_map_classes()
+        had = "auto_map" in self.__dict__
+        previous = getattr(self, "auto_map", None)
+        self.auto_map = {auto: f"{SHIM_MODULE}.{name}" for auto, name in names.items()}
+        try:
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if had:
+                self.auto_map = previous
+            else:
+                del self.auto_map
+        with open(os.path.join(save_directory, f"{SHIM_MODULE}.py"), "w", encoding="utf-8") as f:
+            f.write(f"from linattn_models import {', '.join(names.values())}  # noqa: F401\n")
+        return out
+
+
+def _divide(a, b, what):
+    if a % b:
+        raise ValueError(f"{what} = {a} is not divisible by num_heads = {b}; set head_k_dim / head_v_dim")
+    return a // b

@@ -1,0 +1,277 @@
+"""The model code shared by the three architectures: decoder block, base model, causal LM and
+sequence-classification heads. An architecture only supplies its config class and a mixer builder.
+
+Cache naming across transformers versions is decided once here: forward accepts `cache`, `past_key_values`
+and `cache_params`, and outputs carry the cache under the field name of the installed transformers
+(`cache` in 5.24, `past_key_values` in 5.17), which is what that version's `generate` reads back.
+"""
+import warnings
+
+import torch
+import torch.nn as nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast,
+                                           SequenceClassifierOutputWithPast)
+from transformers.utils import logging
+
+from ...layers import Padding, TokenMixer
+from ...layers.common import ATTN_MODES
+from ...modules import GatedMLP, HedgehogFeatureMap, RMSNorm, RotaryEmbedding
+from .cache import LinearAttentionCache
+from .configuration_common import LinAttnConfig
+
+logger = logging.get_logger(__name__)
+
+# The output field (and generate's model kwarg) that holds the cache in the installed transformers.
+CACHE_OUTPUT_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_cache(cache=None, past_key_values=None, cache_params=None):
+    """Pick the cache from whichever of the three names carried it; only LinearAttentionCache is accepted
+    (an empty generic Cache, e.g. a fresh DynamicCache, is replaced by a new LinearAttentionCache)."""
+    given = [c for c in (cache, past_key_values, cache_params) if c is not None]
+    if not given:
+        return None
+    if any(c is not given[0] for c in given[1:]):
+        raise ValueError("pass the cache once: `cache`, `past_key_values` and `cache_params` got different objects")
+    c = given[0]
+    if isinstance(c, LinearAttentionCache):
+        return c
+    if isinstance(c, Cache) and not any(getattr(layer, "is_initialized", False) for layer in c.layers):
+        logger.warning_once(f"Replacing an empty {type(c).__name__} by a LinearAttentionCache (these models keep "
+                            "recurrent states).")
+        return None
+    raise TypeError(f"these models need a LinearAttentionCache (from linattn_models.models import "
+                    f"LinearAttentionCache), got {type(c).__name__}")
+
+
+class LinAttnDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + mixer(norm(x)), then h + MLP(norm(h))."""
+
+    def __init__(self, config, layer_idx, mixer):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attn_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.attn = mixer
+        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+
+    def forward(self, hidden_states, cache=None, padding=None, positions=None, **kwargs):
+        h = hidden_states + self.attn(self.attn_norm(hidden_states), cache=cache, padding=padding, positions=positions)
+        return h + self.mlp(self.mlp_norm(h))
+
+
+class LinAttnPreTrainedModel(PreTrainedModel):
+    config_class = LinAttnConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LinAttnDecoderLayer"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
+    _is_stateful = True
+    _supports_cache_class = True
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls):
+        # generate must not build a DynamicCache: forward creates a LinearAttentionCache when use_cache is on.
+        return False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, RotaryEmbedding):
+            # non-persistent buffer: rebuilt here after meta-device construction (from_pretrained)
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+        elif isinstance(module, HedgehogFeatureMap):
+            init.copy_(module.weight, torch.eye(module.head_dim).expand_as(module.weight))
+            init.zeros_(module.bias)
+
+    def set_attn_mode(self, mode):
+        """Force "chunk" or "recurrent" in every mixer ("auto": by length); also sets config.attn_mode."""
+        if mode not in ATTN_MODES:
+            raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {mode!r}")
+        for m in self.modules():
+            if isinstance(m, TokenMixer):
+                m.mode = mode
+        self.config.attn_mode = mode
+
+
+def _output(cls, **fields):
+    cache = fields.pop("cache", None)
+    fields[CACHE_OUTPUT_NAME] = cache
+    return cls(**fields)
+
+
+class LinAttnModel(LinAttnPreTrainedModel):
+    """Embeddings, N decoder blocks, final norm. Subclasses set `config_class` and `build_mixer`."""
+
+    @staticmethod
+    def build_mixer(config, layer_idx):
+        raise NotImplementedError
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList([LinAttnDecoderLayer(config, i, self.build_mixer(config, i))
+                                     for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, output_hidden_states=None, return_dict=None, past_key_values=None,
+                cache_params=None, **kwargs):
+        cache = resolve_cache(cache, past_key_values, cache_params)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, T = inputs_embeds.shape[:2]
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and self.gradient_checkpointing and self.training:
+            logger.warning_once("use_cache=True is incompatible with gradient checkpointing; setting use_cache=False")
+            use_cache = False
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = LinearAttentionCache(self.config)
+
+        padding = Padding.from_mask(attention_mask, T)
+        positions = self._positions(position_ids, cache, padding, B, T, inputs_embeds.device)
+
+        hidden_states = inputs_embeds
+        all_hidden_states = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states = layer(hidden_states, cache=cache, padding=padding, positions=positions)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if cache is not None:
+            real = (padding.mask.sum(1) if padding is not None
+                    else torch.full((B,), T, dtype=torch.long, device=inputs_embeds.device))
+            cache.advance(T, real)
+        out = _output(BaseModelOutputWithPast, last_hidden_state=hidden_states, cache=cache,
+                      hidden_states=all_hidden_states)
+        return out if return_dict else out.to_tuple()
+
+    @staticmethod
+    def _positions(position_ids, cache, padding, B, T, device):
+        """Positions for rotary embeddings: explicit position_ids, else real tokens counted per row."""
+        if position_ids is not None:
+            return position_ids[:, -T:].to(device).expand(B, T)
+        offset = None if cache is None else cache.positions
+        if padding is None:
+            pos = torch.arange(T, device=device).expand(B, T)
+        else:
+            pos = (padding.mask.long().cumsum(1) - 1).clamp(min=0)
+        return pos if offset is None else pos + offset.to(device)[:, None]
+
+
+class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _base_model_class = LinAttnModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = self._base_model_class(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, output_hidden_states=None, return_dict=None, logits_to_keep=0,
+                past_key_values=None, cache_params=None, **kwargs):
+        """labels: [B, T] token ids (-100 = ignored), shifted inside the loss like other causal LMs; extra
+        kwargs (num_items_in_batch, ignore_index) go to the loss. logits_to_keep: int (last n positions, 0 =
+        all) or an index tensor."""
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=resolve_cache(cache, past_key_values, cache_params), inputs_embeds=inputs_embeds,
+                         use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True)
+        hidden_states = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        result = _output(CausalLMOutputWithPast, loss=loss, logits=logits, cache=out[CACHE_OUTPUT_NAME]
+                         if CACHE_OUTPUT_NAME in out else None, hidden_states=out.hidden_states)
+        return result if return_dict else result.to_tuple()
+
+
+class LinAttnForSequenceClassification(LinAttnPreTrainedModel):
+    """Scores the last real token of each row (from attention_mask, else pad_token_id, else the last)."""
+
+    _base_model_class = LinAttnModel
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = self._base_model_class(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, output_hidden_states=None, return_dict=None, past_key_values=None,
+                cache_params=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         cache=resolve_cache(cache, past_key_values, cache_params), inputs_embeds=inputs_embeds,
+                         use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.score(out.last_hidden_state)
+        B, T = logits.shape[:2]
+        if attention_mask is not None:
+            real = attention_mask[:, -T:].bool()
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = input_ids != self.config.pad_token_id
+        else:
+            real = None
+        if real is None:
+            last = torch.full((B,), T - 1, device=logits.device)
+        else:
+            if self.config.pad_token_id is None and attention_mask is None and B > 1:
+                warnings.warn("no pad_token_id / attention_mask: scoring the last position of each row")
+            last = (T - 1) - real.flip(1).int().argmax(1).to(logits.device)
+        pooled = logits[torch.arange(B, device=logits.device), last]
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=pooled, config=self.config, **kwargs)
+        result = _output(SequenceClassifierOutputWithPast, loss=loss, logits=pooled,
+                         cache=out[CACHE_OUTPUT_NAME] if CACHE_OUTPUT_NAME in out else None,
+                         hidden_states=out.hidden_states)
+        return result if return_dict else result.to_tuple()

@@ -1,0 +1,9 @@
+"""Building blocks: norms, short causal conv, feature maps, rotary embedding, gated MLP."""
+from .conv import ShortConvolution
+from .feature_map import FEATURE_MAPS, FeatureMap, HedgehogFeatureMap, get_feature_map
+from .mlp import GatedMLP
+from .norm import GatedRMSNorm, RMSNorm
+from .rotary import RotaryEmbedding
+
+__all__ = ["ShortConvolution", "FEATURE_MAPS", "FeatureMap", "HedgehogFeatureMap", "get_feature_map", "GatedMLP",
+           "GatedRMSNorm", "RMSNorm", "RotaryEmbedding"]

@@ -1,0 +1,35 @@
+"""RMSNorm and its gated variant (norm(x) * swish(gate)), computed in float32 and cast back."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, over the last dimension (float32 inside)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
+
+    def _norm(self, x):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        return y
+
+    def forward(self, x):
+        return self._norm(x).to(x.dtype)
+
+    def extra_repr(self):
+        return f"{self.hidden_size}, eps={self.eps}"
+
+
+class GatedRMSNorm(RMSNorm):
+    """y = RMSNorm(x) * swish(gate): the output gate of RetNet and GLA, normalising each head separately when
+    x is [..., H, D] and hidden_size == D."""
+
+    def forward(self, x, gate):
+        return (self._norm(x) * F.silu(gate.float())).to(x.dtype)

@@ -1,0 +1,37 @@
+"""Rotary position embedding (RoPE, rotate-half convention) for q, k in the [B, T, H, D] layout.
+
+    x_rot = x * cos(p θ) + rotate_half(x) * sin(p θ),   θ_i = base^(-2i/D)
+
+q_i · k_j then depends on positions only through i - j. `inv_freq` is a non-persistent buffer: after
+meta-device construction (from_pretrained) the model's _init_weights refills it from `compute_inv_freq()`.
+"""
+import torch
+import torch.nn as nn
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"rotary dim must be even, got {dim}")
+        self.dim, self.base = dim, base
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self, device=None):
+        return 1.0 / (self.base ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
+
+    def forward(self, q, k, positions):
+        """q, k: [B, T, H, D]; positions: [B, T] (int). Returns the rotated (q, k) in their dtypes."""
+        freqs = positions.float()[..., None] * self.inv_freq.float().to(q.device)  # [B, T, D/2]
+        emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # [B, T, 1, D]
+        cos, sin = emb.cos(), emb.sin()
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, base={self.base}"
+
+
+def _rotate(x, cos, sin):
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)

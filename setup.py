@@ -22,10 +22,14 @@ setup(
         "safetensors>=0.4",
         "tokenizers>=0.21",
         "einops>=0.8",
+        "matplotlib>=3.8",  # the training script writes a loss-curve PNG by default
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],
         "bench": ["matplotlib>=3.8"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": [
+        "linattn-train = linattn_models.cli.train:cli",
+        "linattn-generate = linattn_models.cli.generate:cli",
+    ]},
 )

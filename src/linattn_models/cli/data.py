@@ -79,14 +79,11 @@ def stdlib_datasets(eval_percent: int = 5, max_train_docs: int | None = None, ma
 
 
 def _builder_for(paths: list[str]) -> str:
-    exts = {Path(p).suffix.lower() for p in paths}
-    if exts <= {".json", ".jsonl"}:
-        return "json"
-    if exts <= {".parquet"}:
-        return "parquet"
-    if exts <= {".csv"}:
-        return "csv"
-    return "text"
+    kinds = {{".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(Path(p).suffix.lower(),
+                                                                                          "text") for p in paths}
+    if len(kinds) > 1:
+        raise ValueError(f"mixed file types in one data set ({sorted(kinds)}): pass one kind at a time")
+    return kinds.pop()
 
 
 def _expand(paths: list[str]) -> list[str]:

@@ -1,0 +1,431 @@
+"""``linattn-train`` / ``python scripts/train.py``: train a linear-attention LM with the HF Trainer.
+
+With no arguments it runs the built-in default job: a small GLA model trained on the Python standard
+library's own source (gathered at run time, nothing downloaded), sized to finish in a few minutes on a
+2-core CPU. It prints the held-out loss next to the unigram baseline, writes checkpoints (each with the
+tokenizer), a loss-curve PNG and ``results.json`` to ``runs/default``, and prints a generated sample.
+
+Multi-GPU / multi-node: run the same script under ``accelerate launch`` (see configs/accelerate/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ("linear_transformer", "retnet", "gla")
+SIZES = ("tiny", "125m", "370m", "1.3b")
+
+# The built-in default job (no arguments). Chosen so that it finishes in about 5 minutes on a 2-core CPU.
+DEFAULT_ARCH = "gla"
+DEFAULT_SIZE = "tiny"
+
+
+def _repo_config_dirs() -> list[Path]:
+    pkg = Path(__file__).resolve().parents[1]  # src/linattn_models
+    return [pkg / "configs", pkg.parents[1] / "configs", Path.cwd() / "configs"]
+
+
+def resolve_config_path(arch: str, size: str) -> Path:
+    for d in _repo_config_dirs():
+        for name in (f"{size}.json", f"{size.lower()}.json"):
+            p = d / arch / name
+            if p.is_file():
+                return p
+    raise FileNotFoundError(
+        f"no config for --arch {arch} --size {size} (looked in {[str(d) for d in _repo_config_dirs()]}); "
+        "pass --config path/to/config.json")
+
+
+def _parse_value(v: str):
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="linattn-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = ap.add_argument_group("model")
+    m.add_argument("--arch", choices=ARCHS, default=DEFAULT_ARCH)
+    m.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE)
+    m.add_argument("--config", help="a config.json (or checkpoint dir) instead of --arch/--size")
+    m.add_argument("--init-from", help="start from the weights of this checkpoint dir (fine-tuning)")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (JSON value), e.g. --set num_hidden_layers=2; repeatable")
+    d = ap.add_argument_group("data")
+    d.add_argument("--data", nargs="+", help="local training files/dirs (.txt/.md/.py: text builder; "
+                   ".json/.jsonl/.csv/.parquet: field --text-field). Default: the Python standard library source")
+    d.add_argument("--eval-data", nargs="+", help="local eval files (default: hold out --eval-fraction of --data)")
+    d.add_argument("--eval-fraction", type=float, default=0.02)
+    d.add_argument("--text-field", default="text")
+    d.add_argument("--sample-by", choices=("document", "paragraph", "line"), default="document",
+                   help="how text files are split into examples")
+    d.add_argument("--tokenizer", help="local tokenizer dir (default: the bundled byte-level BPE)")
+    d.add_argument("--block-size", type=int, default=256, help="tokens per packed training sequence")
+    d.add_argument("--max-train-docs", type=int, help="use only the first N training documents")
+    d.add_argument("--max-eval-blocks", type=int, default=48,
+                   help="evaluate on at most N packed blocks (0 = all)")
+    d.add_argument("--num-proc", type=int, help="processes for tokenization")
+    t = ap.add_argument_group("training")
+    t.add_argument("--output-dir", default="runs/default")
+    t.add_argument("--max-steps", type=int, default=600, help="optimizer steps (-1: use --epochs)")
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--batch-size", type=int, default=16, help="per-device batch size (sequences)")
+    t.add_argument("--grad-accum", type=int, default=1)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor as a fraction of --lr")
+    t.add_argument("--warmup-steps", type=int, default=30)
+    t.add_argument("--weight-decay", type=float, default=0.1)
+    t.add_argument("--max-grad-norm", type=float, default=1.0)
+    t.add_argument("--eval-steps", type=int, default=100)
+    t.add_argument("--save-steps", type=int, default=200)
+    t.add_argument("--save-total-limit", type=int, default=2)
+    t.add_argument("--logging-steps", type=int, default=20)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="resume from the last checkpoint in --output-dir (or from CKPT)")
+    t.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="auto: bf16 on a GPU that supports it, else fp32")
+    t.add_argument("--activation-checkpointing", action="store_true")
+    t.add_argument("--max-time", type=float, default=0,
+                   help="stop training (and still evaluate, save, plot) after this many seconds (0 = no limit)")
+    t.add_argument("--workers", type=int, default=0, help="dataloader workers")
+    t.add_argument("--report-to", default="none", help="Trainer report_to (none, tensorboard, wandb, ...)")
+    g = ap.add_argument_group("sample at the end")
+    g.add_argument("--prompt", default="def ", help="prompt for the sample printed at the end")
+    g.add_argument("--sample-tokens", type=int, default=120)
+    g.add_argument("--no-plot", action="store_true")
+    return ap
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+def unigram_baseline(train_ds, eval_ds, vocab_size: int) -> tuple[float, int]:
+    """Cross-entropy (nats/token) of the eval tokens under the unigram distribution of the train tokens
+    (add-one smoothed): what a model that ignores context would score. Returns (entropy, train tokens)."""
+    import numpy as np
+
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    n_train = 0
+    for batch in train_ds.iter(batch_size=2048):
+        a = np.asarray(batch["input_ids"], dtype=np.int64).ravel()
+        counts += np.bincount(a, minlength=vocab_size)[:vocab_size]
+        n_train += a.size
+    logp = np.log((counts + 1.0) / (counts.sum() + vocab_size))
+    total, n = 0.0, 0
+    for batch in eval_ds.iter(batch_size=2048):
+        a = np.asarray(batch["input_ids"], dtype=np.int64)[:, 1:].ravel()  # the positions the model predicts
+        total += -logp[a].sum()
+        n += a.size
+    return total / max(n, 1), n_train
+
+
+def plot_losses(log_history, path: Path, baseline: float | None, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    ev = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    if tr:
+        ax.plot(*zip(*tr), label="train loss", lw=1.2)
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="eval loss (held out)", lw=1.5)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", ls="--", lw=1, label=f"unigram baseline {baseline:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0) -> str:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt").to(device)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8, top_k=40,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if was_training:
+        model.train()
+    return tokenizer.decode(out[0], skip_special_tokens=True)
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class LMTrainer(Trainer):
+        """Trainer that adds eval perplexity and training throughput (tokens/s) to the logs."""
+
+        tokens_per_step: int = 0
+        _t0: float | None = None
+        _step0: int = 0
+
+        def log(self, logs, start_time=None):
+            if "eval_loss" in logs:
+                logs["eval_perplexity"] = round(math.exp(min(logs["eval_loss"], 50.0)), 3)
+            if "loss" in logs and self.tokens_per_step:
+                if self._t0 is None:
+                    self._t0, self._step0 = time.time(), 0
+                dt = time.time() - self._t0
+                if dt > 0 and self.state.global_step > self._step0:
+                    logs["tokens_per_s"] = round((self.state.global_step - self._step0) * self.tokens_per_step / dt, 1)
+            return super().log(logs, start_time)
+
+    return LMTrainer
+
+
+def _time_limit_callback(max_time: float):
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.time()
+
+        def on_step_end(self, args, state, control, **kw):
+            if time.time() - self.t0 > max_time:
+                control.should_training_stop = True
+                control.should_evaluate = False  # the final evaluation runs after train()
+            return control
+
+    return TimeLimit()
+
+
+def _throughput_start_callback(trainer_ref):
+    from transformers import TrainerCallback
+
+    class Start(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            trainer_ref._t0, trainer_ref._step0 = time.time(), state.global_step
+
+    return Start()
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    t_start = time.time()
+
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments, default_data_collator, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    import linattn_models  # noqa: F401  (registers the model types)
+    from linattn_models.cli.data import load_local_dataset, pack_dataset, stdlib_datasets
+    from linattn_models.tokenizer import load_tokenizer
+
+    transformers.logging.set_verbosity_warning()
+    set_seed(args.seed)
+    out_dir = Path(args.output_dir)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+    def say(*a):
+        if is_main:
+            print(*a, flush=True)
+
+    # ---- tokenizer ------------------------------------------------------------------------------------
+    tokenizer = load_tokenizer(args.tokenizer)
+
+    # ---- model config ---------------------------------------------------------------------------------
+    if args.init_from:
+        cfg_src = args.init_from
+    elif args.config:
+        cfg_src = args.config
+    else:
+        cfg_src = str(resolve_config_path(args.arch, args.size))
+    config = AutoConfig.from_pretrained(cfg_src)
+    for kv in args.overrides:
+        k, _, v = kv.partition("=")
+        setattr(config, k.strip(), _parse_value(v))
+    if getattr(config, "vocab_size", None) != len(tokenizer):
+        if args.init_from:
+            raise SystemExit(f"tokenizer has {len(tokenizer)} tokens but {args.init_from} has vocab_size "
+                             f"{config.vocab_size}; pass the checkpoint's tokenizer with --tokenizer")
+        config.vocab_size = len(tokenizer)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config, name, getattr(tokenizer, name))
+
+    # ---- data -----------------------------------------------------------------------------------------
+    data_t0 = time.time()
+    if args.data:
+        raw_train = load_local_dataset(args.data, args.text_field, args.sample_by)
+        if args.eval_data:
+            raw_eval = load_local_dataset(args.eval_data, args.text_field, args.sample_by)
+        else:
+            if len(raw_train) < 2:
+                raise SystemExit("need at least 2 documents to hold out an eval split; pass --eval-data "
+                                 "or use --sample-by line/paragraph")
+            split = raw_train.train_test_split(test_size=args.eval_fraction, seed=args.seed)
+            raw_train, raw_eval = split["train"], split["test"]
+        data_desc = f"local files {args.data}"
+    else:
+        dd = stdlib_datasets()
+        raw_train, raw_eval = dd["train"].select_columns(["text"]), dd["validation"].select_columns(["text"])
+        data_desc = "the Python standard library source (built-in default, held-out files for eval)"
+    if args.max_train_docs:
+        raw_train = raw_train.select(range(min(args.max_train_docs, len(raw_train))))
+    train_ds = pack_dataset(raw_train, tokenizer, args.block_size, args.num_proc, "train")
+    eval_ds = pack_dataset(raw_eval, tokenizer, args.block_size, args.num_proc, "eval")
+    if len(eval_ds) == 0 or len(train_ds) == 0:
+        raise SystemExit(f"not enough text for one block of {args.block_size} tokens "
+                         f"(train blocks {len(train_ds)}, eval blocks {len(eval_ds)}); lower --block-size")
+    if args.max_eval_blocks and len(eval_ds) > args.max_eval_blocks:
+        # an evenly spread subset, the same one at every evaluation
+        step = len(eval_ds) / args.max_eval_blocks
+        eval_ds = eval_ds.select([int(i * step) for i in range(args.max_eval_blocks)])
+    baseline, n_train_tokens = unigram_baseline(train_ds, eval_ds, len(tokenizer))
+    say(f"data: {data_desc}\n  train: {len(raw_train)} docs -> {len(train_ds)} blocks x {args.block_size} "
+        f"= {n_train_tokens / 1e6:.2f} M tokens\n  eval:  {len(raw_eval)} docs -> {len(eval_ds)} blocks used "
+        f"({time.time() - data_t0:.1f}s)\n  unigram baseline on the eval tokens: {baseline:.3f} nats/token "
+        f"(perplexity {math.exp(baseline):.1f})")
+
+    # ---- model ----------------------------------------------------------------------------------------
+    if args.init_from:
+        model = AutoModelForCausalLM.from_pretrained(args.init_from, config=config)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"model: {config.model_type} from {cfg_src}, {n_params / 1e6:.2f} M parameters "
+        f"(hidden {getattr(config, 'hidden_size', '?')}, layers {getattr(config, 'num_hidden_layers', '?')}, "
+        f"vocab {config.vocab_size})")
+
+    # ---- trainer --------------------------------------------------------------------------------------
+    cuda = torch.cuda.is_available()
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    targs = TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=args.max_steps,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": args.min_lr_ratio},
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        adam_beta2=0.95,
+        max_grad_norm=args.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda,
+        seed=args.seed,
+        dataloader_num_workers=args.workers,
+        prediction_loss_only=True,
+        report_to=args.report_to,
+        activation_checkpointing=args.activation_checkpointing,
+        disable_tqdm=False,
+    )
+    trainer = _make_trainer_class()(
+        model=model,
+        args=targs,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,  # saved next to every checkpoint
+        data_collator=default_data_collator,
+    )
+    trainer.tokens_per_step = args.batch_size * args.grad_accum * targs.world_size * args.block_size
+    trainer.add_callback(_throughput_start_callback(trainer))
+    if args.max_time:
+        trainer.add_callback(_time_limit_callback(args.max_time))
+
+    resume = None
+    if args.resume:
+        resume = get_last_checkpoint(str(out_dir)) if args.resume == "auto" else args.resume
+        if resume is None:
+            say(f"--resume: no checkpoint in {out_dir}, starting fresh")
+        else:
+            say(f"resuming from {resume}")
+    say(f"training: {targs.max_steps if targs.max_steps > 0 else '-'} steps, global batch "
+        f"{trainer.tokens_per_step // args.block_size} x {args.block_size} tokens, {precision}, "
+        f"{'cuda x%d' % targs.world_size if cuda else 'cpu (%d threads)' % torch.get_num_threads()}")
+    train_t0 = time.time()
+    train_out = trainer.train(resume_from_checkpoint=resume)
+    train_time = time.time() - train_t0
+
+    metrics = trainer.evaluate()
+    eval_loss = metrics["eval_loss"]
+    trainer.save_model(str(out_dir))  # final model + tokenizer in the output dir
+    trainer.save_state()
+
+    results = {
+        "arch": config.model_type, "config": cfg_src, "params": n_params, "steps": trainer.state.global_step,
+        "train_tokens_seen": trainer.state.global_step * trainer.tokens_per_step,
+        "train_time_s": round(train_time, 1), "final_train_loss": round(train_out.training_loss, 4),
+        "eval_loss": round(eval_loss, 4), "eval_perplexity": round(math.exp(min(eval_loss, 50)), 3),
+        "unigram_baseline": round(baseline, 4), "unigram_perplexity": round(math.exp(baseline), 3),
+        "eval_tokens": len(eval_ds) * (args.block_size - 1), "precision": precision, "world_size": targs.world_size,
+    }
+    if not is_main:
+        return results
+
+    if not args.no_plot:
+        png = out_dir / "loss_curve.png"
+        plot_losses(trainer.state.log_history, png, baseline,
+                    f"{config.model_type}, {n_params / 1e6:.1f}M params, {results['steps']} steps")
+        results["loss_curve"] = str(png)
+
+    # sample from the trained model (in memory for one process; reloaded from disk otherwise)
+    if args.sample_tokens > 0:
+        if world == 1:
+            gen_model = trainer.model
+        else:
+            gen_model = AutoModelForCausalLM.from_pretrained(str(out_dir)).to(
+                "cuda" if cuda else "cpu")
+        results["prompt"] = args.prompt
+        results["sample"] = generate_sample(gen_model, tokenizer, args.prompt, args.sample_tokens, args.seed)
+    results["total_time_s"] = round(time.time() - t_start, 1)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+
+    print("\n" + "=" * 78)
+    print(f"done in {results['total_time_s']:.0f}s (training {train_time:.0f}s, {results['steps']} steps, "
+          f"{results['train_tokens_seen'] / 1e6:.2f} M tokens)")
+    print(f"held-out eval loss {eval_loss:.3f} nats/token (perplexity {results['eval_perplexity']:.1f})  vs  "
+          f"unigram baseline {baseline:.3f} (perplexity {results['unigram_perplexity']:.1f})")
+    print(f"model + tokenizer saved to {out_dir}/ ; loss curve: {results.get('loss_curve', '-')}")
+    if "sample" in results:
+        print(f"sample (prompt {args.prompt!r}, temperature 0.8, top-k 40):\n" + "-" * 78)
+        print(results["sample"])
+        print("-" * 78)
+    print(f"generate more: linattn-generate {out_dir} --prompt 'import os' --stream")
+    return results
+
+
+def cli() -> None:
+    """Console entry point (returns None, so the exit status is 0 on success)."""
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,6 +5,7 @@
     S_t = Diag(exp(g_t)) S_{t-1} + k_tᵀ v_t          (ops.gated_linear_attention)
     o_t = W_o [ RMSNorm_head(s · q_t S_t) ⊙ swish(W_r x_t) ]
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -47,8 +48,9 @@ class GatedLinearAttention(TokenMixer):
         q = q.view(B, T, H, self.head_k_dim)
         k = k.view(B, T, H, self.head_k_dim)
         v = v.view(B, T, H, self.head_v_dim)
-        # log decays stay in float32 (the ops accept any float gate dtype)
-        g = F.logsigmoid(self.gk_proj(x).float()) / self.gate_logit_normalizer
+        # log decays in float32 at least (the ops accept any float gate dtype)
+        gk = self.gk_proj(x)
+        g = F.logsigmoid(gk if gk.dtype == torch.float64 else gk.float()) / self.gate_logit_normalizer
         g = g.view(B, T, H, self.head_k_dim)
         o, state = attend(ops.gated_linear_attention, q, k, v, g, initial_state=self.get_state(cache, "recurrent"),
                           output_final_state=cache is not None, padding=padding, mode=self.mode)

@@ -22,7 +22,11 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, q, k, positions):
         """q, k: [B, T, H, D]; positions: [B, T] (int). Returns the rotated (q, k) in their dtypes."""
-        freqs = positions.float()[..., None] * self.inv_freq.float().to(q.device)  # [B, T, D/2]
+        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        inv_freq = self.inv_freq
+        if inv_freq.dtype not in (torch.float32, torch.float64):  # model.to(bf16) cast the buffer: recompute
+            inv_freq = self.compute_inv_freq(q.device)
+        freqs = positions.to(dt)[..., None] * inv_freq.to(q.device, dt)  # [B, T, D/2]
         emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # [B, T, 1, D]
         cos, sin = emb.cos(), emb.sin()
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -32,6 +36,6 @@ class RotaryEmbedding(nn.Module):
 
 
 def _rotate(x, cos, sin):
-    xf = x.float()
+    xf = x.to(cos.dtype)
     x1, x2 = xf.chunk(2, dim=-1)
     return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)

@@ -1,0 +1,182 @@
+"""The Triton kernels (ops/triton/) through Triton's interpreter on CPU, against the float64 torch reference.
+
+Forward output, final state and every gradient (dq, dk, dv, dg, dh0; a random loss on both o and the final
+state, so dht is exercised) for every gate kind, chunk and recurrent mode, varlen packs with a length-1 sequence,
+odd lengths, non-power-of-two head dims with K != V, strong gates, fp32 and fp16. Every output and scratch buffer
+of the kernels is NaN-poisoned before the run, so memory a kernel fails to write shows up as NaN.
+Relative error ‖x − ref‖ / ‖ref‖: fp32 ≤ 1e-4 (ieee dots in the interpreter), fp16 ≤ 1e-2.
+bf16 is not tested here: the interpreter gives garbage for bf16 (DESIGN.md); scripts/check_kernels_gpu.py does.
+"""
+import os
+
+# Triton decides interpreter vs compiler when a kernel is defined, i.e. when the kernel module is imported;
+# linattn_models imports it lazily on the first triton call, so setting this here (before any call) suffices.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from linattn_models import ops  # noqa: E402
+from linattn_models.ops.dispatch import triton_ops  # noqa: E402
+
+FAMILIES = ["linear", "retention", "simple_gla", "gla"]
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    mod = triton_ops()
+    assert mod.INTERPRET, "the kernel module was imported before TRITON_INTERPRET=1 was set"
+    monkeypatch.setattr(mod, "POISON", True)
+    yield
+
+
+def make(family, B, T, H, K, V, strength=1.0, N=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    g = None
+    if family == "simple_gla":
+        g = F.logsigmoid(r(B, T, H)) * strength
+    elif family == "gla":
+        g = F.logsigmoid(r(B, T, H, K)) * strength
+    h0 = r(N if N is not None else B, H, K, V)
+    return q, k, v, g, h0
+
+
+def call(family, q, k, v, g, **kw):
+    if family == "linear":
+        return ops.linear_attention(q, k, v, **kw)
+    if family == "retention":
+        return ops.retention(q, k, v, **kw)
+    if family == "simple_gla":
+        return ops.simple_gla(q, k, v, g, **kw)
+    return ops.gated_linear_attention(q, k, v, g, **kw)
+
+
+def run(family, backend, q, k, v, g, h0, mode, cu=None, final=True, seed=1):
+    """o, final state and the gradients of a random loss of both (dq, dk, dv, [dg], [dh0])."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, h0)]
+    qq, kk, vv, gg, hh = leaves
+    o, s = call(family, qq, kk, vv, gg, initial_state=hh, output_final_state=final, cu_seqlens=cu, mode=mode,
+                backend=backend)
+    gen = torch.Generator().manual_seed(seed)
+    loss = (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
+    if final:
+        loss = loss + (s.double() * torch.randn(s.shape, generator=gen, dtype=torch.float64)).sum()
+    loss.backward()
+    out = {"o": o, "ht": s, "dq": qq.grad, "dk": kk.grad, "dv": vv.grad}
+    if g is not None:
+        out["dg"] = gg.grad
+    if h0 is not None:
+        out["dh0"] = hh.grad
+    return {n: t for n, t in out.items() if t is not None}
+
+
+def check(family, q, k, v, g, h0, mode="chunk", dtype=torch.float32, cu=None, final=True, dg_scale=False):
+    """Kernels in `dtype` vs the float64 reference on the same (rounded) inputs.
+
+    dg_scale: measure dg's error against the size of its summands, ‖q⊙dq‖ + ‖k⊙dk‖, instead of ‖dg‖. dg is a
+    reverse cumsum of q⊙dq − k⊙dk (KERNELS.md); under very strong gates the exact dg is ~e^(-30) while the
+    summands are O(1) and cancel, so fp32 leaves an absolute error of ~1e-7 of the summands (as in fla).
+    """
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    g = None if g is None else g.to(dtype)
+    h0f = None if h0 is None else h0.float()
+    got = run(family, "triton", q, k, v, g, h0f, mode, cu, final)
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    ref = run(family, "torch", d(q), d(k), d(v), d(g), d(h0f), "chunk", cu, final)
+    assert got.keys() == ref.keys()
+    for name, r in ref.items():
+        x = got[name]
+        assert x.shape == r.shape, name
+        want = torch.float32 if name in ("ht", "dh0") else dtype
+        assert x.dtype == want, (name, x.dtype)
+        assert torch.isfinite(x).all(), f"{name} has NaN/inf (unwritten memory?)"
+        den = r.norm()
+        if name == "dg" and dg_scale:
+            qdq, kdk = q.double() * ref["dq"], k.double() * ref["dk"]
+            if g.ndim == 3:  # scalar gate: the summands are summed over the key dim
+                qdq, kdk = qdq.sum(-1), kdk.sum(-1)
+            qdq, kdk = qdq.norm(), kdk.norm()
+            den = torch.maximum(den, qdq + kdk)
+        err = ((x.double() - r).norm() / den.clamp_min(1e-30)).item()
+        assert err <= TOL[dtype], f"{name}: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+@pytest.mark.parametrize("T,K,V", [(100, 24, 48), (63, 48, 20)])
+def test_kernels_fp32(family, mode, T, K, V):
+    check(family, *make(family, 2, T, 2, K, V, strength=2.0), mode=mode)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_single_token(family, mode):
+    """T = 1 (a decoding step): state in and out."""
+    check(family, *make(family, 3, 1, 2, 32, 16), mode=mode)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_varlen(family, mode):
+    """Packed sequences incl. a length-1 one and one of exactly a chunk; chunks never cross a boundary."""
+    lens = [37, 1, 64, 29]
+    cu = torch.tensor([0] + lens).cumsum(0)
+    check(family, *make(family, 1, sum(lens), 2, 16, 24, strength=2.0, N=len(lens)), mode=mode, cu=cu)
+
+
+@pytest.mark.parametrize("family", ["simple_gla", "gla"])
+@pytest.mark.parametrize("strength", [1e-3, 300.0])
+def test_gate_strength(family, strength):
+    """Very strong gates: log gate sums reach thousands inside a chunk; nothing may overflow."""
+    check(family, *make(family, 1, 90, 2, 16, 16, strength=strength), dg_scale=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp16(family):
+    check(family, *make(family, 2, 80, 2, 32, 32), dtype=torch.float16)
+
+
+@pytest.mark.parametrize("family", ["retention", "gla"])
+def test_fp16_recurrent_varlen(family):
+    lens = [50, 1, 30]
+    cu = torch.tensor([0] + lens).cumsum(0)
+    check(family, *make(family, 1, sum(lens), 2, 16, 16, N=len(lens)), mode="recurrent", dtype=torch.float16, cu=cu)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_state(family):
+    """No initial state, final state not returned: dht is None and dg has no constant term."""
+    q, k, v, g, _ = make(family, 2, 70, 2, 16, 16)
+    check(family, q, k, v, g, None, final=False)
+
+
+def test_large_head_dim_multiple_blocks():
+    """K, V above one 64-wide tile: several K/V blocks in every kernel."""
+    check("gla", *make("gla", 1, 40, 1, 130, 72))
+    check("simple_gla", *make("simple_gla", 1, 40, 1, 130, 72))
+
+
+def test_non_contiguous_inputs():
+    q, k, v, g, h0 = make("gla", 2, 50, 2, 16, 16)
+    tq, tk, tv, tg = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v, g))
+    assert not tq.is_contiguous()
+    check("gla", tq, tk, tv, tg, h0)
+
+
+def test_poison_is_on():
+    mod = triton_ops()
+    assert torch.isnan(mod._new((3,), torch.float32, torch.device("cpu"))).all()
+
+
+def test_empty_and_float64():
+    q, k, v, g, h0 = make("gla", 1, 0, 2, 8, 8)
+    o, s = ops.gated_linear_attention(q.float(), k.float(), v.float(), g.float(), initial_state=h0.float(),
+                                      output_final_state=True, backend="triton")
+    assert o.shape == (1, 0, 2, 8) and torch.equal(s, h0.float())
+    with pytest.raises(TypeError, match="float64"):
+        q, k, v, g, h0 = make("gla", 1, 5, 2, 8, 8)
+        ops.gated_linear_attention(q, k, v, g, backend="triton")

@@ -24,9 +24,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ARCHS = ("linear_transformer", "retnet", "gla")
 SIZES = ("tiny", "125m", "370m", "1.3b")
 
-# The built-in default job (no arguments). Chosen so that it finishes in about 5 minutes on a 2-core CPU.
+# The built-in default job (no --data/--config/--arch/--size): GLA, the tiny config widened to 256 x 4 layers,
+# trained on the standard library source for 400 steps or a 270 s training budget, whichever comes first,
+# so that it finishes in about 5 minutes on a 2-core CPU even when the machine is busy.
 DEFAULT_ARCH = "gla"
 DEFAULT_SIZE = "tiny"
+DEFAULT_JOB_SET = ["hidden_size=256", "num_hidden_layers=4"]
+DEFAULT_JOB_MAX_TIME = 270.0
 
 
 def _repo_config_dirs() -> list[Path]:
@@ -78,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--num-proc", type=int, help="processes for tokenization")
     t = ap.add_argument_group("training")
     t.add_argument("--output-dir", default="runs/default")
-    t.add_argument("--max-steps", type=int, default=600, help="optimizer steps (-1: use --epochs)")
+    t.add_argument("--max-steps", type=int, default=400, help="optimizer steps (-1: use --epochs)")
     t.add_argument("--epochs", type=float, default=1.0)
-    t.add_argument("--batch-size", type=int, default=16, help="per-device batch size (sequences)")
+    t.add_argument("--batch-size", type=int, default=8, help="per-device batch size (sequences)")
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine schedule floor as a fraction of --lr")
@@ -97,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="auto: bf16 on a GPU that supports it, else fp32")
     t.add_argument("--activation-checkpointing", action="store_true")
-    t.add_argument("--max-time", type=float, default=0,
-                   help="stop training (and still evaluate, save, plot) after this many seconds (0 = no limit)")
+    t.add_argument("--max-time", type=float, default=None,
+                   help="training budget in seconds: stop after it (then evaluate, save, plot as usual); the "
+                   "cosine schedule follows max(step/max_steps, elapsed/max_time). 0 = none (default, except "
+                   f"the built-in default job: {DEFAULT_JOB_MAX_TIME:.0f})")
     t.add_argument("--workers", type=int, default=0, help="dataloader workers")
     t.add_argument("--report-to", default="none", help="Trainer report_to (none, tensorboard, wandb, ...)")
     g = ap.add_argument_group("sample at the end")
@@ -172,15 +178,51 @@ def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: in
     return tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+class TrainClock:
+    """Wall-clock of the training loop (starts at on_train_begin), shared by the budget callback and the
+    time-aware schedule."""
+
+    def __init__(self, budget: float = 0.0):
+        self.budget = budget or 0.0
+        self.t0: float | None = None
+
+    def elapsed(self) -> float:
+        return 0.0 if self.t0 is None else time.time() - self.t0
+
+    def fraction(self) -> float:
+        return self.elapsed() / self.budget if self.budget > 0 else 0.0
+
+
 def _make_trainer_class():
     from transformers import Trainer
 
     class LMTrainer(Trainer):
-        """Trainer that adds eval perplexity and training throughput (tokens/s) to the logs."""
+        """Trainer that adds eval perplexity and training throughput (tokens/s) to the logs, and (with a time
+        budget) a warmup + cosine schedule whose progress is max(step / max_steps, elapsed / budget)."""
 
         tokens_per_step: int = 0
+        clock: TrainClock | None = None
+        min_lr_ratio: float = 0.1
         _t0: float | None = None
         _step0: int = 0
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.clock is None or self.clock.budget <= 0 or self.lr_scheduler is not None:
+                return super().create_scheduler(num_training_steps, optimizer)
+            from torch.optim.lr_scheduler import LambdaLR
+
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            clock, floor = self.clock, self.min_lr_ratio
+
+            def factor(step):
+                if step < warmup:
+                    return (step + 1) / (warmup + 1)
+                progress = min(1.0, max(step / max(1, num_training_steps), clock.fraction()))
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+            self.lr_scheduler = LambdaLR(optimizer if optimizer is not None else self.optimizer, factor)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
 
         def log(self, logs, start_time=None):
             if "eval_loss" in logs:
@@ -196,34 +238,62 @@ def _make_trainer_class():
     return LMTrainer
 
 
-def _time_limit_callback(max_time: float):
+def _clock_callback(trainer_ref, clock: TrainClock):
+    """Starts the clocks at on_train_begin; stops training once the time budget is spent."""
     from transformers import TrainerCallback
 
-    class TimeLimit(TrainerCallback):
+    class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            self.t0 = time.time()
-
-        def on_step_end(self, args, state, control, **kw):
-            if time.time() - self.t0 > max_time:
-                control.should_training_stop = True
-                control.should_evaluate = False  # the final evaluation runs after train()
-            return control
-
-    return TimeLimit()
-
-
-def _throughput_start_callback(trainer_ref):
-    from transformers import TrainerCallback
-
-    class Start(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
+            clock.t0 = time.time()
             trainer_ref._t0, trainer_ref._step0 = time.time(), state.global_step
 
-    return Start()
+        def on_step_end(self, args, state, control, **kw):
+            if clock.budget > 0 and clock.elapsed() > clock.budget:
+                if not control.should_training_stop and state.is_world_process_zero:
+                    print(f"\ntime budget of {clock.budget:.0f}s spent at step {state.global_step}: stopping",
+                          flush=True)
+                control.should_training_stop = True
+                control.should_evaluate = False  # the final evaluation runs after train()
+                control.should_save = True
+            return control
+
+    return Clock()
+
+
+def build_config(cfg_src: str, overrides: list[str]):
+    """Load a config (JSON file or checkpoint dir) with ``KEY=VALUE`` overrides applied at construction,
+    so that fields derived from others (layer_types, head dims, intermediate size) are derived again."""
+    from transformers import AutoConfig
+
+    base = AutoConfig.from_pretrained(cfg_src)
+    if not overrides:
+        return base
+    with open(Path(cfg_src) / "config.json" if Path(cfg_src).is_dir() else cfg_src, encoding="utf-8") as f:
+        d = json.load(f)
+    upd = {}
+    for kv in overrides:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {kv!r}")
+        upd[k.strip()] = _parse_value(v)
+    # Fields whose class default is None are derived from others in __post_init__ (layer_types, head dims,
+    # intermediate size): drop the stored values so that they are derived again from the new ones.
+    fields = getattr(type(base), "__dataclass_fields__", {})
+    for k in list(d):
+        f = fields.get(k)
+        if k not in upd and f is not None and f.default is None and k not in ("bos_token_id", "eos_token_id",
+                                                                              "pad_token_id"):
+            d.pop(k)
+    d.update(upd)
+    model_type = d.pop("model_type", base.model_type)
+    return AutoConfig.for_model(model_type, **d)
 
 
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.arch_given = any(a == "--arch" or a.startswith("--arch=") for a in argv)
+    args.size_given = any(a == "--size" or a.startswith("--size=") for a in argv)
     t_start = time.time()
 
     import torch
@@ -249,16 +319,24 @@ def main(argv=None) -> dict:
     tokenizer = load_tokenizer(args.tokenizer)
 
     # ---- model config ---------------------------------------------------------------------------------
+    default_job = not (args.data or args.config or args.init_from or args.arch_given or args.size_given)
+    overrides = list(args.overrides)
+    max_time = args.max_time
+    if default_job:
+        overrides = DEFAULT_JOB_SET + overrides
+        if max_time is None:
+            max_time = DEFAULT_JOB_MAX_TIME
+        say(f"built-in default job: --arch {DEFAULT_ARCH} --size {DEFAULT_SIZE} "
+            + " ".join(f"--set {o}" for o in overrides) + f" --max-steps {args.max_steps} --max-time {max_time:.0f}"
+            " on the Python standard library source")
+    max_time = max_time or 0.0
     if args.init_from:
         cfg_src = args.init_from
     elif args.config:
         cfg_src = args.config
     else:
         cfg_src = str(resolve_config_path(args.arch, args.size))
-    config = AutoConfig.from_pretrained(cfg_src)
-    for kv in args.overrides:
-        k, _, v = kv.partition("=")
-        setattr(config, k.strip(), _parse_value(v))
+    config = build_config(cfg_src, overrides)
     if getattr(config, "vocab_size", None) != len(tokenizer):
         if args.init_from:
             raise SystemExit(f"tokenizer has {len(tokenizer)} tokens but {args.init_from} has vocab_size "
@@ -356,9 +434,9 @@ def main(argv=None) -> dict:
         data_collator=default_data_collator,
     )
     trainer.tokens_per_step = args.batch_size * args.grad_accum * targs.world_size * args.block_size
-    trainer.add_callback(_throughput_start_callback(trainer))
-    if args.max_time:
-        trainer.add_callback(_time_limit_callback(args.max_time))
+    trainer.clock = TrainClock(max_time)
+    trainer.min_lr_ratio = args.min_lr_ratio
+    trainer.add_callback(_clock_callback(trainer, trainer.clock))
 
     resume = None
     if args.resume:
@@ -367,15 +445,19 @@ def main(argv=None) -> dict:
             say(f"--resume: no checkpoint in {out_dir}, starting fresh")
         else:
             say(f"resuming from {resume}")
-    say(f"training: {targs.max_steps if targs.max_steps > 0 else '-'} steps, global batch "
+    say(f"training: {targs.max_steps if targs.max_steps > 0 else '-'} steps"
+        f"{f' or {max_time:.0f}s' if max_time else ''}, global batch "
         f"{trainer.tokens_per_step // args.block_size} x {args.block_size} tokens, {precision}, "
         f"{'cuda x%d' % targs.world_size if cuda else 'cpu (%d threads)' % torch.get_num_threads()}")
     train_t0 = time.time()
     train_out = trainer.train(resume_from_checkpoint=resume)
     train_time = time.time() - train_t0
 
-    metrics = trainer.evaluate()
-    eval_loss = metrics["eval_loss"]
+    last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if last_eval and last_eval[-1].get("step") == trainer.state.global_step:
+        eval_loss = last_eval[-1]["eval_loss"]  # already evaluated at the last step
+    else:
+        eval_loss = trainer.evaluate()["eval_loss"]
     trainer.save_model(str(out_dir))  # final model + tokenizer in the output dir
     trainer.save_state()
 

@@ -151,3 +151,13 @@ def test_help_and_bad_config():
     assert e.value.code == 0
     with pytest.raises(FileNotFoundError):
         train_cli.resolve_config_path("gla", "does-not-exist")
+
+
+def test_train_without_datasets_package(tmp_path, data_dir, llama_config, monkeypatch):
+    """The in-memory fallback (for images without `datasets`) trains on text and JSONL files."""
+    monkeypatch.setenv("LINATTN_NO_DATASETS", "1")
+    out = tmp_path / "nods"
+    res = train_cli.main(["--config", str(llama_config), "--data", str(data_dir / "docs.jsonl"),
+                          "--text-field", "content", "--eval-fraction", "0.3", "--output-dir", str(out), *FAST,
+                          "--max-steps", "2", "--no-plot", "--sample-tokens", "0"])
+    assert res["steps"] == 2 and res["eval_loss"] > 0

@@ -2,6 +2,8 @@
 
 Everything here works offline: the default corpus is gathered at run time from the interpreter's standard
 library directory, and user data comes from local text / JSONL files read through ``datasets``.
+Where ``datasets`` is not installed (a minimal GPU image, say), a small in-memory fallback (``Table``)
+serves the default corpus and text / JSONL files, so the training script still runs.
 """
 from __future__ import annotations
 
@@ -15,6 +17,58 @@ from typing import Iterator
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
               "encodings"}  # encodings: generated codec tables, not prose or code
 _MAX_FILE_BYTES = 1_000_000  # skip huge generated files
+
+
+def have_datasets() -> bool:
+    if os.environ.get("LINATTN_NO_DATASETS"):  # for testing the fallback
+        return False
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Table:
+    """The few ``datasets.Dataset`` methods the training script uses, over an in-memory list of rows."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    @classmethod
+    def from_list(cls, rows):
+        return cls(list(rows))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, str):
+            return [r[i] for r in self.rows]
+        return self.rows[i]
+
+    @property
+    def column_names(self):
+        return list(self.rows[0]) if self.rows else []
+
+    def select(self, indices):
+        return Table([self.rows[i] for i in indices])
+
+    def select_columns(self, cols):
+        return Table([{c: r[c] for c in cols} for r in self.rows])
+
+    def train_test_split(self, test_size, seed=0):
+        import random
+
+        idx = list(range(len(self.rows)))
+        random.Random(seed).shuffle(idx)
+        n_test = max(1, round(test_size * len(idx))) if isinstance(test_size, float) else int(test_size)
+        return {"train": self.select(sorted(idx[n_test:])), "test": self.select(sorted(idx[:n_test]))}
+
+    def iter(self, batch_size):
+        for i in range(0, len(self.rows), batch_size):
+            chunk = self.rows[i:i + batch_size]
+            yield {c: [r[c] for r in chunk] for c in (chunk[0] if chunk else {})}
 
 
 def stdlib_dir() -> Path:
@@ -66,8 +120,6 @@ def stdlib_datasets(eval_percent: int = 5, max_train_docs: int | None = None, ma
     One document per source file (code, comments and docstrings as they are); files are held out by a
     hash of their path, so train and validation never share a file.
     """
-    from datasets import Dataset, DatasetDict
-
     train, evals = [], []
     for rel, text in iter_stdlib_texts():
         (evals if is_eval_file(rel, eval_percent) else train).append({"text": text, "source": rel})
@@ -75,6 +127,10 @@ def stdlib_datasets(eval_percent: int = 5, max_train_docs: int | None = None, ma
         train = train[:max_train_docs]
     if max_eval_docs is not None:
         evals = evals[:max_eval_docs]
+    if not have_datasets():
+        return {"train": Table(train), "validation": Table(evals)}
+    from datasets import Dataset, DatasetDict
+
     return DatasetDict({"train": Dataset.from_list(train), "validation": Dataset.from_list(evals)})
 
 
@@ -104,10 +160,12 @@ def load_local_dataset(paths: list[str], text_field: str = "text", sample_by: st
     """Load local files through ``datasets`` (no download): .txt-like files with the ``text`` builder
     (one example per ``sample_by``: document, paragraph or line), .json/.jsonl/.csv/.parquet files by
     their builder, keeping only ``text_field`` (renamed to ``text``)."""
-    from datasets import load_dataset
-
     files = _expand(paths)
     builder = _builder_for(files)
+    if not have_datasets():
+        return _load_local_fallback(files, builder, text_field, sample_by)
+    from datasets import load_dataset
+
     kwargs = {}
     if builder == "text":
         kwargs["sample_by"] = sample_by
@@ -121,6 +179,34 @@ def load_local_dataset(paths: list[str], text_field: str = "text", sample_by: st
     if "text" not in ds.column_names:
         raise ValueError(f"no '{text_field}' field in {files[0]} (columns: {ds.column_names}); use --text-field")
     return ds.select_columns(["text"])
+
+
+def _load_local_fallback(files, builder, text_field, sample_by):
+    import json
+
+    rows = []
+    for f in files:
+        if builder == "json":
+            with open(f, encoding="utf-8") as fh:
+                head = fh.read(1).strip()
+                fh.seek(0)
+                recs = json.load(fh) if head == "[" else [json.loads(line) for line in fh if line.strip()]
+            for r in recs:
+                if text_field not in r:
+                    raise ValueError(f"no '{text_field}' field in {f}; use --text-field")
+                rows.append({"text": r[text_field]})
+        elif builder == "text":
+            text = Path(f).read_text(encoding="utf-8")
+            if sample_by == "document":
+                parts = [text]
+            elif sample_by == "paragraph":
+                parts = [p for p in text.split("\n\n") if p.strip()]
+            else:
+                parts = text.splitlines(keepends=True)
+            rows += [{"text": p} for p in parts]
+        else:
+            raise SystemExit(f"{builder} files need the `datasets` package (pip install datasets)")
+    return Table(rows)
 
 
 def pack_dataset(ds, tokenizer, block_size: int, num_proc: int | None = None, desc: str = "data"):
@@ -138,6 +224,15 @@ def pack_dataset(ds, tokenizer, block_size: int, num_proc: int | None = None, de
         blocks = [flat[i:i + block_size] for i in range(0, n, block_size)]
         return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
+    if isinstance(ds, Table):
+        flat, blocks = [], []
+        for batch in ds.iter(512):
+            for x in tok(batch)["input_ids"]:
+                flat.extend(x)
+            n = (len(flat) // block_size) * block_size
+            blocks += [flat[i:i + block_size] for i in range(0, n, block_size)]
+            flat = flat[n:]
+        return Table([{"input_ids": b, "labels": list(b)} for b in blocks])
     cols = ds.column_names
     ds = ds.map(tok, batched=True, remove_columns=cols, num_proc=num_proc, desc=f"Tokenizing {desc}")
     ds = ds.map(group, batched=True, batch_size=1000, num_proc=num_proc, desc=f"Packing {desc} into blocks of {block_size}")

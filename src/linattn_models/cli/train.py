@@ -49,6 +49,16 @@ def resolve_config_path(arch: str, size: str) -> Path:
         "pass --config path/to/config.json")
 
 
+def auto_cpu_threads() -> int:
+    """All cores, less the ones other processes keep busy (1-minute load average), at least 1."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(n, int(n - busy + 0.75)))
+
+
 def _parse_value(v: str):
     try:
         return json.loads(v)
@@ -106,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "cosine schedule follows max(step/max_steps, elapsed/max_time). 0 = none (default, except "
                    f"the built-in default job: {DEFAULT_JOB_MAX_TIME:.0f})")
     t.add_argument("--workers", type=int, default=0, help="dataloader workers")
+    t.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = auto: all cores, fewer when the machine is already busy, "
+                   "since oversubscribed threads slow training several times)")
     t.add_argument("--report-to", default="none", help="Trainer report_to (none, tensorboard, wandb, ...)")
     g = ap.add_argument_group("sample at the end")
     g.add_argument("--prompt", default="def ", help="prompt for the sample printed at the end")
@@ -391,6 +404,8 @@ def main(argv=None) -> dict:
 
     # ---- trainer --------------------------------------------------------------------------------------
     cuda = torch.cuda.is_available()
+    if not cuda:
+        torch.set_num_threads(args.threads or auto_cpu_threads())
     precision = args.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
@@ -448,7 +463,7 @@ def main(argv=None) -> dict:
     say(f"training: {targs.max_steps if targs.max_steps > 0 else '-'} steps"
         f"{f' or {max_time:.0f}s' if max_time else ''}, global batch "
         f"{trainer.tokens_per_step // args.block_size} x {args.block_size} tokens, {precision}, "
-        f"{'cuda x%d' % targs.world_size if cuda else 'cpu (%d threads)' % torch.get_num_threads()}")
+        f"{'cuda x%d' % targs.world_size if cuda else 'cpu (%d threads, load average %.1f)' % (torch.get_num_threads(), os.getloadavg()[0])}")
     train_t0 = time.time()
     train_out = trainer.train(resume_from_checkpoint=resume)
     train_time = time.time() - train_t0

@@ -50,7 +50,9 @@ class LinAttnConfig(PreTrainedConfig):
         if self.intermediate_size is None:
             # SwiGLU with ~8/3 expansion, rounded up to a multiple of 256
             self.intermediate_size = 256 * ((int(self.hidden_size * 8 / 3) + 255) // 256)
-        if self.layer_types is None:
+        if self.layer_types is None or (set(self.layer_types) <= {"linear_attention"}
+                                        and len(self.layer_types) != self.num_hidden_layers):
+            # (re)derived, e.g. when num_hidden_layers is overridden while loading a saved config
             self.layer_types = ["linear_attention"] * self.num_hidden_layers
         if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) != {"linear_attention"}:
             raise ValueError(f"layer_types must be ['linear_attention'] * num_hidden_layers "

@@ -175,7 +175,12 @@ class LinAttnModel(LinAttnPreTrainedModel):
     def _positions(position_ids, cache, padding, B, T, device):
         """Positions for rotary embeddings: explicit position_ids, else real tokens counted per row."""
         if position_ids is not None:
-            return position_ids[:, -T:].to(device).expand(B, T)
+            pid = position_ids[:, -T:].to(device)
+            if padding is None and T > 1 and bool(((pid[:, 1:] == 0) & (pid[:, :-1] > 0)).any()):
+                logger.warning_once("position_ids restart inside a row (packed sequences, e.g. "
+                                    "DataCollatorWithFlattening): the recurrent state is NOT reset at those "
+                                    "boundaries; pad the batch and pass attention_mask instead")
+            return pid.expand(B, T)
         offset = None if cache is None else cache.positions
         if padding is None:
             pos = torch.arange(T, device=device).expand(B, T)

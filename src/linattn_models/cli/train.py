@@ -273,6 +273,16 @@ def _clock_callback(trainer_ref, clock: TrainClock):
     return Clock()
 
 
+def _checkpointing_kwargs(training_args_cls, enable: bool) -> dict:
+    """transformers 5.24 calls it activation_checkpointing; older 5.x gradient_checkpointing."""
+    if not enable:
+        return {}
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(training_args_cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
+
+
 def build_config(cfg_src: str, overrides: list[str]):
     """Load a config (JSON file or checkpoint dir) with ``KEY=VALUE`` overrides applied at construction,
     so that fields derived from others (layer_types, head dims, intermediate size) are derived again."""
@@ -437,8 +447,8 @@ def main(argv=None) -> dict:
         dataloader_num_workers=args.workers,
         prediction_loss_only=True,
         report_to=args.report_to,
-        activation_checkpointing=args.activation_checkpointing,
         disable_tqdm=False,
+        **_checkpointing_kwargs(TrainingArguments, args.activation_checkpointing),
     )
     trainer = _make_trainer_class()(
         model=model,
@@ -479,7 +489,9 @@ def main(argv=None) -> dict:
     results = {
         "arch": config.model_type, "config": cfg_src, "params": n_params, "steps": trainer.state.global_step,
         "train_tokens_seen": trainer.state.global_step * trainer.tokens_per_step,
-        "train_time_s": round(train_time, 1), "final_train_loss": round(train_out.training_loss, 4),
+        "train_time_s": round(train_time, 1),
+        "train_tokens_per_s": round(trainer.state.global_step * trainer.tokens_per_step / max(train_time, 1e-9), 1),
+        "final_train_loss": round(train_out.training_loss, 4),
         "eval_loss": round(eval_loss, 4), "eval_perplexity": round(math.exp(min(eval_loss, 50)), 3),
         "unigram_baseline": round(baseline, 4), "unigram_perplexity": round(math.exp(baseline), 3),
         "eval_tokens": len(eval_ds) * (args.block_size - 1), "precision": precision, "world_size": targs.world_size,
@@ -489,9 +501,12 @@ def main(argv=None) -> dict:
 
     if not args.no_plot:
         png = out_dir / "loss_curve.png"
-        plot_losses(trainer.state.log_history, png, baseline,
-                    f"{config.model_type}, {n_params / 1e6:.1f}M params, {results['steps']} steps")
-        results["loss_curve"] = str(png)
+        try:
+            plot_losses(trainer.state.log_history, png, baseline,
+                        f"{config.model_type}, {n_params / 1e6:.1f}M params, {results['steps']} steps")
+            results["loss_curve"] = str(png)
+        except ImportError as e:  # matplotlib missing (a minimal image): the numbers are in results.json
+            print(f"no loss-curve PNG ({e}); the losses are in {out_dir}/trainer_state.json")
 
     # sample from the trained model (in memory for one process; reloaded from disk otherwise)
     if args.sample_tokens > 0:
@@ -507,7 +522,8 @@ def main(argv=None) -> dict:
 
     print("\n" + "=" * 78)
     print(f"done in {results['total_time_s']:.0f}s (training {train_time:.0f}s, {results['steps']} steps, "
-          f"{results['train_tokens_seen'] / 1e6:.2f} M tokens)")
+          f"{results['train_tokens_seen'] / 1e6:.2f} M tokens, {results['train_tokens_per_s']:.0f} tokens/s "
+          f"including evaluations and checkpoints)")
     print(f"held-out eval loss {eval_loss:.3f} nats/token (perplexity {results['eval_perplexity']:.1f})  vs  "
           f"unigram baseline {baseline:.3f} (perplexity {results['unigram_perplexity']:.1f})")
     print(f"model + tokenizer saved to {out_dir}/ ; loss curve: {results.get('loss_curve', '-')}")

@@ -61,6 +61,13 @@ class LinAttnConfig(PreTrainedConfig):
             raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {self.attn_mode!r}")
         super().__post_init__(**kwargs)
 
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        if key == "num_hidden_layers":  # keep an all-linear layer_types in step (e.g. overrides after loading)
+            layer_types = self.__dict__.get("layer_types")
+            if layer_types is not None and set(layer_types) <= {"linear_attention"} and len(layer_types) != value:
+                super().__setattr__("layer_types", ["linear_attention"] * value)
+
     @classmethod
     def auto_map_classes(cls):
         p = cls.class_prefix

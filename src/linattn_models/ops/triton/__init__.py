@@ -132,11 +132,12 @@ class _Problem:
         """Chunk-local cumulative log gate b (fp32), for the scalar and vector gates; else a dummy."""
         if self.g is None:
             return self.dummy
-        D = self.K if self.gate == "vector" else 1
-        BD = min(64, _np2(D)) if D > 1 else 1
+        scalar = self.gate == "scalar"
+        D = 1 if scalar else self.K
+        BD = 16 if scalar else min(64, _np2(D))
         b = _new(self.g.shape, torch.float32, self.device)
         local_cumsum_kernel[(_cdiv(D, BD), self.NT, self.H)](
-            self.g, b, self.cu, self.chunk_indices, self.T, self.H, D, self.cfg["BT"], BD, self.varlen,
+            self.g, b, self.cu, self.chunk_indices, self.T, self.H, D, self.cfg["BT"], BD, scalar, self.varlen,
             **self.launch)
         return b
 

@@ -75,12 +75,17 @@ def store_tile(ptr, x, start, L, c0, H, D, i_h, R: tl.constexpr, C: tl.constexpr
 
 @triton.jit
 def local_cumsum_kernel(g, b, cu_seqlens, chunk_indices, T, H: tl.constexpr, D: tl.constexpr,
-                        BT: tl.constexpr, BD: tl.constexpr, VARLEN: tl.constexpr):
-    """b = chunk-local cumulative sum of g over time; g, b: [T, H, D] (D = 1 for a scalar gate)."""
+                        BT: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, VARLEN: tl.constexpr):
+    """b = chunk-local cumulative sum of g over time; g, b: [T, H, D], or [T, H] when SCALAR."""
     i_d, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
-    x = load_tile(g, start, L, i_d * BD, H, D, i_h, BT, BD, False, 0.0).to(tl.float32)
-    store_tile(b, tl.cumsum(x, axis=0), start, L, i_d * BD, H, D, i_h, BT, BD)
+    if SCALAR:
+        rt = tl.arange(0, BT)
+        x = tl.load(g + (start + rt) * H + i_h, mask=rt < L, other=0.0).to(tl.float32)
+        tl.store(b + (start + rt) * H + i_h, tl.cumsum(x, axis=0), mask=rt < L)
+    else:
+        x = load_tile(g, start, L, i_d * BD, H, D, i_h, BT, BD, False, 0.0).to(tl.float32)
+        store_tile(b, tl.cumsum(x, axis=0), start, L, i_d * BD, H, D, i_h, BT, BD)
 
 
 @triton.jit
@@ -95,8 +100,9 @@ def gate_grad_kernel(q, k, dq, dk, c, dg, cu_seqlens, chunk_offsets, T, H: tl.co
     i_n, i_h = i_nh // H, i_nh % H
     bos, L_seq, _ = seq_bounds(i_n, cu_seqlens, cu_seqlens, T, BT, VARLEN)
     cols = i_k * BK + tl.arange(0, BK)
+    rt = tl.arange(0, BT)
     if SCALAR:
-        carry = tl.zeros([1], dtype=tl.float32)
+        carry = tl.sum(tl.zeros([BT], dtype=tl.float32), axis=0)  # a 0-d fp32 tensor (a loop-carried value)
         if HAS_C:
             carry += tl.load(c + i_n * H + i_h)
     else:
@@ -111,12 +117,11 @@ def gate_grad_kernel(q, k, dq, dk, c, dg, cu_seqlens, chunk_offsets, T, H: tl.co
              - load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
              * load_tile(dk, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32))
         if SCALAR:
-            x = tl.sum(x, axis=1)[:, None]  # [BT, 1]
-            out = tl.cumsum(x, axis=0, reverse=True) + carry[None, :]
-            r = tl.arange(0, BT)[:, None]
-            tl.store(dg + (start + r) * H + i_h + tl.zeros([1], tl.int64)[None, :],
-                     out.to(dg.dtype.element_ty), mask=r < L)
+            xs = tl.sum(x, axis=1)  # [BT]
+            out = tl.cumsum(xs, axis=0, reverse=True) + carry
+            tl.store(dg + (start + rt) * H + i_h, out.to(dg.dtype.element_ty), mask=rt < L)
+            carry += tl.sum(xs, axis=0)
         else:
             out = tl.cumsum(x, axis=0, reverse=True) + carry[None, :]
             store_tile(dg, out, start, L, i_k * BK, H, K, i_h, BT, BK)
-        carry += tl.sum(x, axis=0)
+            carry += tl.sum(x, axis=0)

@@ -189,7 +189,7 @@ def section_correct(args):
     mod = kernels()
     mod.POISON = True
     cases = []
-    for fam in FAMILIES:
+    for fam in args.families:
         cases += [
             ("main", fam, "bf16", 4, 4096, 16, 128, 128, 1.0, None, "chunk"),
             ("fp32", fam, "fp32", 2, 2048, 16, 64, 64, 1.0, None, "chunk"),
@@ -236,7 +236,7 @@ def section_sweep(args):
     mod.POISON = True
     for ov in SWEEP:
         for fam in args.sweep_families:
-            for D in (64, 128):
+            for D in args.sweep_D:
                 if time.time() - T0 > args.budget_s:
                     log("budget exhausted: skipping the rest of 'sweep'")
                     mod.OVERRIDES.clear()
@@ -273,31 +273,37 @@ def bench(fn, q, k, v, g, backward):
 
 
 def section_timing(args):
-    for T in args.timing_T:
-        for fam in FAMILIES:
-            if time.time() - T0 > args.budget_s:
-                log("budget exhausted: skipping the rest of 'timing'")
-                return
-            B, H, D = (1, 2, 32) if TINY else (4, 16, 128)
-            q, k, v, g, _ = make_inputs(fam, B, T, H, D, D, seed=3)
-            q, k, v = (t.bfloat16() for t in (q, k, v))
-            g = None if g is None else g.bfloat16()
-            row = dict(family=fam, B=4, T=T, H=16, D=128, dtype="bf16")
-            impls = [("ours", lambda *a, f=ours_fn(fam): f(*a, backend="triton"))]
-            if args.fla and fam in args.fla_families:
-                impls.append(("fla", fla_fn(fam)))
-            for name, fn in impls:
-                try:
-                    row[f"{name}_fwd_ms"] = bench(fn, q, k, v, g, False)
-                    row[f"{name}_fwdbwd_ms"] = bench(fn, q, k, v, g, True)
-                except Exception as e:  # noqa: BLE001
-                    row[f"{name}_error"] = repr(e)[:300]
-            if "fla_fwdbwd_ms" in row and "ours_fwdbwd_ms" in row:
-                row["ratio_fwd"] = row["ours_fwd_ms"] / row["fla_fwd_ms"]
-                row["ratio_fwdbwd"] = row["ours_fwdbwd_ms"] / row["fla_fwdbwd_ms"]
-            log(f"[{time.time() - T0:6.0f}s] timing {row}")
-            RESULTS["timing"].append(row)
-            torch.cuda.empty_cache()
+    """Ours for every family first, then fla (its first call autotunes for a minute or more per op)."""
+    rows = {}
+    jobs = [(T, fam, "ours") for T in args.timing_T for fam in FAMILIES]
+    if args.fla:
+        jobs += [(T, fam, "fla") for T in args.timing_T for fam in args.fla_families]
+    for T, fam, impl in jobs:
+        if time.time() - T0 > args.budget_s:
+            log(f"budget exhausted: skipping timing of {impl} {fam} T={T} and later")
+            break
+        B, H, D = (1, 2, 32) if TINY else (4, 16, 128)
+        q, k, v, g, _ = make_inputs(fam, B, T, H, D, D, seed=3)
+        q, k, v = (t.bfloat16() for t in (q, k, v))
+        g = None if g is None else g.bfloat16()
+        row = rows.setdefault((T, fam), dict(family=fam, B=B, T=T, H=H, D=D, dtype="bf16"))
+        if impl == "ours":
+            f0 = ours_fn(fam)
+            fn = lambda *a: f0(*a, backend="triton")  # noqa: E731
+        else:
+            fn = fla_fn(fam)
+        try:
+            row[f"{impl}_fwd_ms"] = bench(fn, q, k, v, g, False)
+            row[f"{impl}_fwdbwd_ms"] = bench(fn, q, k, v, g, True)
+        except Exception as e:  # noqa: BLE001
+            row[f"{impl}_error"] = repr(e)[:300]
+        if "fla_fwdbwd_ms" in row and "ours_fwdbwd_ms" in row:
+            row["ratio_fwd"] = row["ours_fwd_ms"] / row["fla_fwd_ms"]
+            row["ratio_fwdbwd"] = row["ours_fwdbwd_ms"] / row["fla_fwdbwd_ms"]
+        log(f"[{time.time() - T0:6.0f}s] timing {impl} {row}")
+        del q, k, v, g
+        torch.cuda.empty_cache()
+    RESULTS["timing"] = list(rows.values())
 
 
 FIRST_CALL = r"""
@@ -327,7 +333,7 @@ print(f"FIRSTCALL {fam} fwd_s={t2 - t1:.2f} bwd_s={t3 - t2:.2f} total_s={t3 - t1
 
 
 def section_first_call(args):
-    for fam in FAMILIES:
+    for fam in args.first_call_families:
         env = dict(os.environ, TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="triton_cold_"))
         t = time.time()
         p = subprocess.run([sys.executable, "-c", FIRST_CALL, fam], env=env, capture_output=True, text=True,
@@ -396,6 +402,9 @@ def main():
     ap.add_argument("--fla-families", nargs="+", default=["linear", "retention", "gla"],
                     help="fla's chunk_simple_gla autotunes for minutes on its first backward (GPU.md): off by default")
     ap.add_argument("--sweep-families", nargs="+", default=["linear", "simple_gla", "gla"])
+    ap.add_argument("--sweep-D", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--families", nargs="+", default=FAMILIES, help="families of the 'correct' section")
+    ap.add_argument("--first-call-families", nargs="+", default=FAMILIES)
     ap.add_argument("--tiny", action="store_true", help="CPU dry run through the interpreter, tiny shapes")
     args = ap.parse_args()
     global DEVICE, TINY

@@ -8,14 +8,13 @@ import warnings
 import pytest
 import torch
 import transformers
-from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          GenerationConfig)
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import linattn_models
-from linattn_models.models import ARCHITECTURES, LinearAttentionCache, register_all
+from linattn_models.models import CONFIGS, LinearAttentionCache, model_classes, register_all
 from linattn_models.models.common import CACHE_OUTPUT_NAME
 
-ARCHS = list(ARCHITECTURES)
+ARCHS = list(CONFIGS)
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 VOCAB = 256
 
@@ -59,9 +58,29 @@ def greedy_by_full_forwards(model, x, n):
 
 
 # --- registration -------------------------------------------------------------------------------------------
+def test_import_is_light_and_registers():
+    """`import linattn_models` registers the Auto classes without importing triton or transformers' modeling
+    code (Triton's interpreter must still be switchable on afterwards); model classes load on first use."""
+    code = """
+import sys
+import linattn_models
+heavy = [m for m in ("triton", "torch._dynamo", "transformers.modeling_utils") if m in sys.modules]
+assert not heavy, heavy
+from transformers import AutoConfig, AutoModelForCausalLM
+cfg = AutoConfig.for_model("linattn_gla", vocab_size=64, hidden_size=32, num_hidden_layers=1, num_heads=2)
+model = AutoModelForCausalLM.from_config(cfg)
+assert type(model) is linattn_models.GLAForCausalLM, type(model)
+print("OK")
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(
+        os.pathsep) if p]))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_registration_and_auto_classes(arch):
-    config_cls, model_cls, lm_cls, seq_cls = ARCHITECTURES[arch]
+    config_cls, model_cls, lm_cls, seq_cls = model_classes(arch)
     assert config_cls.model_type.startswith("linattn_")
     assert config_cls.model_type in linattn_models.models.REGISTERED_MODEL_TYPES
     cfg = AutoConfig.for_model(config_cls.model_type, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
@@ -82,7 +101,7 @@ def test_registration_and_auto_classes(arch):
 
 def test_registration_is_idempotent_and_refuses_foreign_types():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-    assert sorted(register_all()) == sorted(c[0].model_type for c in ARCHITECTURES.values())
+    assert sorted(register_all()) == sorted(c.model_type for c in CONFIGS.values())
 
     class ForeignConfig(transformers.PreTrainedConfig):
         model_type = "linattn_gla"
@@ -121,7 +140,7 @@ def test_save_load_roundtrip(arch, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, want, rtol=0, atol=0)
     base = AutoModel.from_pretrained(tmp_path)
-    assert type(base) is ARCHITECTURES[arch][1]
+    assert type(base) is model_classes(arch)[1]
     bf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert bf.dtype == torch.bfloat16 and bf.lm_head.weight.dtype == torch.bfloat16
     with torch.no_grad():  # the same as casting the original model

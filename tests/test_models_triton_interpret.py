@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import linattn_models  # noqa: E402
-from linattn_models.models import ARCHITECTURES  # noqa: E402
+from linattn_models.models import CONFIGS  # noqa: E402
 from linattn_models.models.common import CACHE_OUTPUT_NAME  # noqa: E402
 
 try:
@@ -25,7 +25,7 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", list(CONFIGS))
 def test_triton_backend_matches_torch_backend(arch, monkeypatch):
     assert triton_ops().INTERPRET, "the kernel module was imported before TRITON_INTERPRET=1 was set"
     from transformers import AutoConfig, AutoModelForCausalLM

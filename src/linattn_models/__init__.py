@@ -1,17 +1,30 @@
 """linattn_models: linear-attention language models for the transformers ecosystem, on one Triton kernel core.
 
 `import linattn_models` registers the three architectures (linattn_linear_transformer, linattn_retnet,
-linattn_gla) with the transformers Auto classes. `linattn_models.ops` never imports Triton eagerly.
+linattn_gla) with the transformers Auto classes. It stays light: neither it nor `linattn_models.ops` imports
+triton (or transformers' modeling code); the model classes load on first use.
 """
 __version__ = "0.1.0"
 
 import os as _os
 
 from . import ops  # noqa: E402,F401
-from .models import (GLAConfig, GLAForCausalLM, GLAForSequenceClassification, GLAModel,  # noqa: E402,F401
-                     LinearAttentionCache, LinearTransformerConfig, LinearTransformerForCausalLM,
-                     LinearTransformerForSequenceClassification, LinearTransformerModel, RetNetConfig,
-                     RetNetForCausalLM, RetNetForSequenceClassification, RetNetModel)
+from . import models  # noqa: E402,F401  (registers the model types)
+from .models import GLAConfig, LinearTransformerConfig, RetNetConfig  # noqa: E402,F401
+
+_LAZY = ("LinearAttentionCache", "LinearTransformerModel", "LinearTransformerForCausalLM",
+         "LinearTransformerForSequenceClassification", "RetNetModel", "RetNetForCausalLM",
+         "RetNetForSequenceClassification", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def configs_path(arch=None, size=None):

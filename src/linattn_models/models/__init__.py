@@ -3,54 +3,100 @@ classes (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassi
 
 Model types: linattn_linear_transformer, linattn_retnet, linattn_gla (distinct from fla's retnet / gla /
 linear_attn). A model type already registered by another package is left alone, with a warning.
+
+Registration is cheap: the configs are registered as classes, the model classes as stand-ins that import the
+modeling code on first use (then the real classes replace them in the Auto mappings). Importing the modeling
+code imports transformers.modeling_utils -> torch._dynamo -> triton, which `import linattn_models` must not
+do (Triton's interpreter has to be switchable on before triton is first imported).
 """
+import importlib
+import sys
 import warnings
 
-from .common import LinAttnConfig, LinearAttentionCache
-from .gla import GLAConfig, GLAForCausalLM, GLAForSequenceClassification, GLAModel
-from .linear_transformer import (LinearTransformerConfig, LinearTransformerForCausalLM,
-                                 LinearTransformerForSequenceClassification, LinearTransformerModel)
-from .retnet import RetNetConfig, RetNetForCausalLM, RetNetForSequenceClassification, RetNetModel
+from .common import LinAttnConfig
+from .gla import GLAConfig
+from .linear_transformer import LinearTransformerConfig
+from .retnet import RetNetConfig
 
-ARCHITECTURES = {
-    "linear_transformer": (LinearTransformerConfig, LinearTransformerModel, LinearTransformerForCausalLM,
-                           LinearTransformerForSequenceClassification),
-    "retnet": (RetNetConfig, RetNetModel, RetNetForCausalLM, RetNetForSequenceClassification),
-    "gla": (GLAConfig, GLAModel, GLAForCausalLM, GLAForSequenceClassification),
-}
+CONFIGS = {"linear_transformer": LinearTransformerConfig, "retnet": RetNetConfig, "gla": GLAConfig}
+_HEADS = ("Model", "ForCausalLM", "ForSequenceClassification")
+_AUTO = ("AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification")
+_MODEL_NAMES = {f"{cfg.class_prefix}{h}": arch for arch, cfg in CONFIGS.items() for h in _HEADS}
+
+
+def model_classes(arch):
+    """(Config, Model, ForCausalLM, ForSequenceClassification) of one architecture (imports the modeling code)."""
+    cfg = CONFIGS[arch]
+    mod = importlib.import_module(f".{arch}.modeling_{arch}", __name__)
+    return (cfg,) + tuple(getattr(mod, cfg.class_prefix + h) for h in _HEADS)
+
+
+class _LazyModelClass:
+    """Stands in an Auto mapping for a model class until first use; forwards attribute access and calls to
+    the real class (importing it, and putting the real classes into the mappings)."""
+
+    def __init__(self, arch, head):
+        self._arch, self._head = arch, head
+
+    def _resolve(self):
+        register_all(materialize=True)
+        return model_classes(self._arch)[1 + _HEADS.index(self._head)]
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name not in ("__name__", "__qualname__", "__doc__"):
+            raise AttributeError(name)
+        return getattr(self._resolve(), name)
+
+    def __call__(self, *args, **kwargs):
+        return self._resolve()(*args, **kwargs)
+
+    def __repr__(self):
+        return f"<lazy {CONFIGS[self._arch].class_prefix}{self._head}>"
 
 
 def _same_class(a, b):
     return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
-def register_all():
-    """Register every architecture with the Auto classes (idempotent). Returns the model types registered."""
-    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification)
+def register_all(materialize=False):
+    """Register every architecture with the Auto classes (idempotent). Returns the model types registered.
+
+    materialize=False registers stand-ins for the model classes (no heavy imports); True the real classes."""
+    import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     done = []
-    for config_cls, model_cls, lm_cls, seq_cls in ARCHITECTURES.values():
+    for arch, config_cls in CONFIGS.items():
         model_type = config_cls.model_type
         if model_type in CONFIG_MAPPING:
             other = CONFIG_MAPPING[model_type]
             if not _same_class(other, config_cls):
                 warnings.warn(f"linattn_models: model type {model_type!r} is already registered by "
                               f"{other.__module__}.{other.__qualname__}; not registering {config_cls.__name__} "
-                              f"over it (load our checkpoints with {lm_cls.__name__}.from_pretrained)",
-                              stacklevel=2)
+                              f"over it (load our checkpoints with {config_cls.class_prefix}ForCausalLM."
+                              f"from_pretrained)", stacklevel=2)
                 continue
-        AutoConfig.register(model_type, config_cls, exist_ok=True)
-        for auto, cls in ((AutoModel, model_cls), (AutoModelForCausalLM, lm_cls),
-                          (AutoModelForSequenceClassification, seq_cls)):
-            auto.register(config_cls, cls, exist_ok=True)
+        transformers.AutoConfig.register(model_type, config_cls, exist_ok=True)
+        real = materialize or f"{__name__}.{arch}.modeling_{arch}" in sys.modules  # already imported: no stand-ins
+        classes = model_classes(arch)[1:] if real else [_LazyModelClass(arch, h) for h in _HEADS]
+        for auto_name, cls in zip(_AUTO, classes):
+            # the mapping's own register: the Auto class's one would inspect (and so import) a stand-in
+            getattr(transformers, auto_name)._model_mapping.register(config_cls, cls, exist_ok=True)
         done.append(model_type)
     return done
 
 
 REGISTERED_MODEL_TYPES = register_all()
 
-__all__ = ["ARCHITECTURES", "REGISTERED_MODEL_TYPES", "register_all", "LinAttnConfig", "LinearAttentionCache",
-           "LinearTransformerConfig", "LinearTransformerModel", "LinearTransformerForCausalLM",
-           "LinearTransformerForSequenceClassification", "RetNetConfig", "RetNetModel", "RetNetForCausalLM",
-           "RetNetForSequenceClassification", "GLAConfig", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification"]
+__all__ = ["CONFIGS", "REGISTERED_MODEL_TYPES", "model_classes", "register_all", "LinAttnConfig",
+           "LinearAttentionCache", "LinearTransformerConfig", "RetNetConfig", "GLAConfig", *_MODEL_NAMES]
+
+
+def __getattr__(name):
+    if name in _MODEL_NAMES:
+        register_all(materialize=True)
+        return getattr(importlib.import_module(f".{_MODEL_NAMES[name]}", __name__), name)
+    if name == "LinearAttentionCache":
+        from .common.cache import LinearAttentionCache
+        return LinearAttentionCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,12 +21,11 @@ from ...layers import Padding, TokenMixer
 from ...layers.common import ATTN_MODES
 from ...modules import GatedMLP, HedgehogFeatureMap, RMSNorm, RotaryEmbedding
 from .cache import LinearAttentionCache
+from .compat import CACHE_OUTPUT_NAME
 from .configuration_common import LinAttnConfig
 
 logger = logging.get_logger(__name__)
 
-# The output field (and generate's model kwarg) that holds the cache in the installed transformers.
-CACHE_OUTPUT_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def resolve_cache(cache=None, past_key_values=None, cache_params=None):

@@ -1,4 +1,12 @@
-from .configuration_retnet import RetNetConfig
-from .modeling_retnet import RetNetForCausalLM, RetNetForSequenceClassification, RetNetModel
+import importlib
 
-__all__ = ["RetNetConfig", "RetNetModel", "RetNetForCausalLM", "RetNetForSequenceClassification"]
+from .configuration_retnet import RetNetConfig
+
+_MODELING = ("RetNetModel", "RetNetForCausalLM", "RetNetForSequenceClassification")
+__all__ = ["RetNetConfig", *_MODELING]
+
+
+def __getattr__(name):  # the modeling code loads on first access (see models/common/__init__.py)
+    if name in _MODELING:
+        return getattr(importlib.import_module(".modeling_retnet", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

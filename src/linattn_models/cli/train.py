@@ -236,8 +236,23 @@ def _make_trainer_class():
         tokens_per_step: int = 0
         clock: TrainClock | None = None
         min_lr_ratio: float = 0.1
-        _t0: float | None = None
-        _step0: int = 0
+        _mark: tuple | None = None     # (time, step, paused seconds) at the first logged step
+        _pause: float = 0.0            # seconds spent in evaluation and checkpointing
+        steady_tokens_per_s: float | None = None
+
+        def evaluate(self, *a, **kw):
+            t = time.time()
+            try:
+                return super().evaluate(*a, **kw)
+            finally:
+                self._pause += time.time() - t
+
+        def _save_checkpoint(self, *a, **kw):
+            t = time.time()
+            try:
+                return super()._save_checkpoint(*a, **kw)
+            finally:
+                self._pause += time.time() - t
 
         def create_scheduler(self, num_training_steps, optimizer=None):
             if self.clock is None or self.clock.budget <= 0 or self.lr_scheduler is not None:
@@ -261,11 +276,17 @@ def _make_trainer_class():
             if "eval_loss" in logs:
                 logs["eval_perplexity"] = round(math.exp(min(logs["eval_loss"], 50.0)), 3)
             if "loss" in logs and self.tokens_per_step:
-                if self._t0 is None:
-                    self._t0, self._step0 = time.time(), 0
-                dt = time.time() - self._t0
-                if dt > 0 and self.state.global_step > self._step0:
-                    logs["tokens_per_s"] = round((self.state.global_step - self._step0) * self.tokens_per_step / dt, 1)
+                # throughput of the training steps since the first logged step (so the first step's
+                # kernel compilation and warm-up are left out), evaluation and checkpoint time excluded
+                now, step = time.time(), self.state.global_step
+                if self._mark is None:
+                    self._mark = (now, step, self._pause)
+                else:
+                    t1, s1, p1 = self._mark
+                    dt = now - t1 - (self._pause - p1)
+                    if dt > 0 and step > s1:
+                        logs["tokens_per_s"] = round((step - s1) * self.tokens_per_step / dt, 1)
+                        self.steady_tokens_per_s = logs["tokens_per_s"]
             return super().log(logs, start_time)
 
     return LMTrainer
@@ -278,7 +299,7 @@ def _clock_callback(trainer_ref, clock: TrainClock):
     class Clock(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             clock.t0 = time.time()
-            trainer_ref._t0, trainer_ref._step0 = time.time(), state.global_step
+            trainer_ref._mark, trainer_ref._pause = None, 0.0
 
         def on_step_end(self, args, state, control, **kw):
             if clock.budget > 0 and clock.elapsed() > clock.budget:
@@ -501,6 +522,9 @@ def main(argv=None) -> dict:
         f"{f' or {max_time:.0f}s' if max_time else ''}, global batch "
         f"{trainer.tokens_per_step // args.block_size} x {args.block_size} tokens, {precision}, "
         f"{'cuda x%d' % targs.world_size if cuda else 'cpu (%d threads; %.1f of %d CPUs busy at start)' % (torch.get_num_threads(), cpu_busy, os.cpu_count() or 1)}")
+    if max_time:
+        say(f"  (training ends after {max_time:.0f}s or {targs.max_steps} steps, whichever comes first: "
+            "the progress bar's total is the step limit)")
     train_t0 = time.time()
     train_out = trainer.train(resume_from_checkpoint=resume)
     train_time = time.time() - train_t0
@@ -518,6 +542,7 @@ def main(argv=None) -> dict:
         "train_tokens_seen": trainer.state.global_step * trainer.tokens_per_step,
         "train_time_s": round(train_time, 1),
         "train_tokens_per_s": round(trainer.state.global_step * trainer.tokens_per_step / max(train_time, 1e-9), 1),
+        "steady_tokens_per_s": trainer.steady_tokens_per_s,
         "final_train_loss": round(train_out.training_loss, 4),
         "eval_loss": round(eval_loss, 4), "eval_perplexity": round(math.exp(min(eval_loss, 50)), 3),
         "unigram_baseline": round(baseline, 4), "unigram_perplexity": round(math.exp(baseline), 3),
@@ -549,8 +574,8 @@ def main(argv=None) -> dict:
 
     print("\n" + "=" * 78)
     print(f"done in {results['total_time_s']:.0f}s (training {train_time:.0f}s, {results['steps']} steps, "
-          f"{results['train_tokens_seen'] / 1e6:.2f} M tokens, {results['train_tokens_per_s']:.0f} tokens/s "
-          f"including evaluations and checkpoints)")
+          f"{results['train_tokens_seen'] / 1e6:.2f} M tokens; {results['train_tokens_per_s']:.0f} tokens/s overall, "
+          f"{results['steady_tokens_per_s'] or 0:.0f} tokens/s in the training steps after the first log)")
     print(f"held-out eval loss {eval_loss:.3f} nats/token (perplexity {results['eval_perplexity']:.1f})  vs  "
           f"unigram baseline {baseline:.3f} (perplexity {results['unigram_perplexity']:.1f})")
     print(f"model + tokenizer saved to {out_dir}/ ; loss curve: {results.get('loss_curve', '-')}")

@@ -205,6 +205,8 @@ def section_correct(args):
         if fam in ("simple_gla", "gla"):
             cases.append(("strong", fam, "bf16", 1, 2048, 16, 128, 128, 8.0, None, "chunk"))
     for c in cases:
+        if args.tags and c[0] not in args.tags:
+            continue
         if time.time() - T0 > args.budget_s:
             log("budget exhausted: skipping the rest of 'correct'")
             break
@@ -233,7 +235,9 @@ SWEEP = [  # the shipped default is checked by 'correct'
 def section_sweep(args):
     mod = kernels()
     mod.POISON = True
-    for ov in SWEEP:
+    for i, ov in enumerate(SWEEP):
+        if args.sweep_configs is not None and i not in args.sweep_configs:
+            continue
         for fam in args.sweep_families:
             for D in args.sweep_D:
                 if time.time() - T0 > args.budget_s:
@@ -404,6 +408,8 @@ def main():
     ap.add_argument("--sweep-D", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--families", nargs="+", default=FAMILIES, help="families of the 'correct' section")
     ap.add_argument("--first-call-families", nargs="+", default=FAMILIES)
+    ap.add_argument("--tags", nargs="+", default=None, help="cases of the 'correct' section (default: all)")
+    ap.add_argument("--sweep-configs", type=int, nargs="+", default=None, help="indices into SWEEP")
     ap.add_argument("--tiny", action="store_true", help="CPU dry run through the interpreter, tiny shapes")
     args = ap.parse_args()
     global DEVICE, TINY

@@ -4,7 +4,8 @@ Catches compiler crashes (e.g. 'PassManager::run failed') before spending GPU ti
   1. record: run the ops through the interpreter on small inputs, recording each launch's argument types,
      constexprs and warps/stages (bf16 runs too: its values are garbage in the interpreter, its types are not);
   2. compile: import the kernels compiled (no interpreter) and triton.compile each launch for the target.
-    TRITON_INTERPRET=1 PYTHONPATH=src python3 scripts/compile_kernels_offline.py record /tmp/launches.json
+    TRITON_INTERPRET=1 PYTHONPATH=src python3 scripts/compile_kernels_offline.py record /tmp/launches.json \
+        [--dtypes bf16,fp32,fp16] [--dims 64,128,256] [--sweep]
     PYTHONPATH=/tmp/t36:src python3 scripts/compile_kernels_offline.py compile /tmp/launches.json [--arch 90]
 """
 import inspect
@@ -19,7 +20,7 @@ PTR = {"torch.float32": "*fp32", "torch.bfloat16": "*bf16", "torch.float16": "*f
        "torch.int32": "*i32"}
 
 
-def record(path, overrides_list):
+def record(path, overrides_list, dtypes=("bf16", "fp32", "fp16"), dims=(64, 128, 256)):
     import torch
     import torch.nn.functional as F
     from linattn_models import ops
@@ -58,8 +59,8 @@ def record(path, overrides_list):
     for ov in overrides_list:
         mod.OVERRIDES.clear()
         mod.OVERRIDES.update(ov)
-        for dtype in (torch.bfloat16, torch.float32, torch.float16):
-            for D in (64, 128, 256):
+        for dtype in [{"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[d] for d in dtypes]:
+            for D in dims:
                 for varlen in (False, True):
                     for mode in ("chunk", "recurrent"):
                         for fam, f in fns.items():
@@ -119,7 +120,9 @@ if __name__ == "__main__":
         if "--sweep" in sys.argv:
             sys.path.insert(0, os.path.dirname(__file__))
             ovs = [{}, {"num_warps": 2}, {"num_warps": 8}, {"num_stages": 1, "BK_out": 64}]
-        record(sys.argv[2], ovs)
+        dtypes = sys.argv[sys.argv.index("--dtypes") + 1].split(",") if "--dtypes" in sys.argv else ("bf16", "fp32", "fp16")
+        dims = [int(x) for x in sys.argv[sys.argv.index("--dims") + 1].split(",")] if "--dims" in sys.argv else (64, 128, 256)
+        record(sys.argv[2], ovs, dtypes, dims)
     else:
         arch = int(sys.argv[sys.argv.index("--arch") + 1]) if "--arch" in sys.argv else 90
         sys.exit(1 if compile_all(sys.argv[2], arch) else 0)

@@ -12,7 +12,8 @@ Backward: b and the chunk states are RECOMPUTED rather than kept from the forwar
 T/BT·K·V values per head (256 MB in fp32 at B=4, H=16, T=4096, K=V=128, per layer: more than q, k, v together),
 while recomputing is one more sequential pass, about the cost of the forward's state pass (the cheapest kernel).
 The state of a training model's 24 layers would not fit otherwise. Then the reverse states pass (dS per chunk,
-dh0) → [dA, intra] → dv → dq, dk → dg (reverse cumsum of q⊙dq − k⊙dk plus rowsum(S_T ⊙ dS_T)).
+dh0) → [dA, intra] → dv → dq, dk (+ rowsum(S_C ⊙ dS_C) per chunk) → dg (chunk-local reverse cumsum of
+q⊙dq − k⊙dk plus that chunk-end term: common.py says why per chunk, not per sequence).
 mode="recurrent" runs recurrent.py forward and the same chunked backward (identical math).
 
 Varlen (cu_seqlens): chunks are numbered per sequence (a chunk never crosses a boundary); a small index
@@ -193,7 +194,7 @@ class _Problem:
         do = do.to(self.dtype).contiguous().view(TT, H, V)
         need_dg = self.GATE in (GATE_SCALAR, GATE_VECTOR)
         b = self.local_cumsum()
-        h, ST = self.states(self.k, self.v, b, h0, need_dg and dht is not None, False)
+        h, _ = self.states(self.k, self.v, b, h0, False, False)
         dh, dh0 = self.states(self.q, do, b, dht, want_dh0, True)
         gdtype = torch.float32 if need_dg else self.dtype
         dq = _new((TT, H, K), gdtype, self.device)
@@ -212,21 +213,19 @@ class _Problem:
         chunk_dv_kernel[(_cdiv(V, c["BV_dv"]), self.NT, H)](
             self.q, self.k, do, b, self.g_head, dh, A, dv, self.cu, self.chunk_indices, self.scale, self.T,
             H, K, V, BT, c["BK_dv"], c["BV_dv"], self.GATE, self.varlen, self.prec, **self.launch)
+        dgc = _new((self.NT, H, K), torch.float32, self.device) if need_dg else self.dummy
         chunk_dqk_kernel[(_cdiv(K, c["BK_dqk"]), self.NT, H)](
-            self.q, self.k, self.v, do, b, self.g_head, h, dh, dq, dk, self.cu, self.chunk_indices, self.scale,
-            self.T, H, K, V, BT, c["BK_dqk"], c["BV_dqk"], self.GATE, self.varlen, self.prec, **self.launch)
+            self.q, self.k, self.v, do, b, self.g_head, h, dh, dq, dk, dgc, self.cu, self.chunk_indices,
+            self.scale, self.T, H, K, V, BT, c["BK_dqk"], c["BV_dqk"], self.GATE, self.varlen, self.prec,
+            **self.launch)
         dg = None
         if need_dg:
             scalar = self.GATE == GATE_SCALAR
-            cst = None
-            if dht is not None:  # rowsum(S_T ⊙ dS_T): the per-sequence constant of dg
-                cst = (ST * dht).sum(-1)
-                cst = (cst.sum(-1) if scalar else cst).contiguous()
             BK = _np2(K) if scalar else min(64, _np2(K))
             dg = _new(self.g.shape, torch.float32, self.device)
-            gate_grad_kernel[(_cdiv(K, BK), self.N * H)](
-                self.q, self.k, dq, dk, cst if cst is not None else self.dummy, dg, self.cu, self.chunk_offsets,
-                self.T, H, K, BT, BK, scalar, cst is not None, self.varlen, **self.launch)
+            gate_grad_kernel[(_cdiv(K, BK), self.NT, H)](
+                self.q, self.k, dq, dk, dgc, dg, self.cu, self.chunk_indices, self.T, H, K, BT, BK, scalar,
+                self.varlen, **self.launch)
         return dq, dk, dv, dg, dh0
 
 

@@ -77,13 +77,16 @@ def chunk_dv_kernel(q, k, do, gb, gh, dh, A, dv, cu_seqlens, chunk_indices, scal
 
 
 @triton.jit
-def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dq, dk, cu_seqlens, chunk_indices, scale, T, H: tl.constexpr,
-                     K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                     GATE: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dq, dk, dgc, cu_seqlens, chunk_indices, scale, T,
+                     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                     BV: tl.constexpr, GATE: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """dq, dk [T, H, K] for chunk i_t, K block i_k. GATE 3: dq, dk already hold the intra sums; add the rest.
 
-    Grid (K blocks, NT, H).
+    Gates 2, 3 also store dgc [NT, H, K] = rowsum(S_C ⊙ dS_C), S_C the state leaving the chunk:
+        rowsum(S_C ⊙ dS_C) = e^{b_C} ⊙ rowsum(S_0 ⊙ dS_C) + Σ_j k_j ⊙ (v_j dS_Cᵀ) ⊙ e^{b_C − b_j}
+    (the chunk-end term of the gate gradient, common.gate_grad_kernel). Grid (K blocks, NT, H).
     """
+    NEED_DG: tl.constexpr = GATE >= 2
     i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
     dt = q.dtype.element_ty
@@ -94,11 +97,16 @@ def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dq, dk, cu_seqlens, chunk_indic
     acc_k = tl.zeros([BT, BK], dtype=tl.float32)
     dA = tl.zeros([BT, BT], dtype=tl.float32)  # dA[i, j] = dO_i · v_j
     dAt = tl.zeros([BT, BT], dtype=tl.float32)  # dAt[j, i] = v_j · dO_i
+    hs = tl.zeros([BK], dtype=tl.float32)  # rowsum(S_0 ⊙ dS_C)
     for i_v in range(tl.cdiv(V, BV)):
         rv = i_v * BV + tl.arange(0, BV)
         m_vk = (rv[:, None] < V) & (rk[None, :] < K)
-        hT = tl.load(h + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0).to(dt)  # [BV, BK]
-        dhT = tl.load(dh + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0).to(dt)
+        hT = tl.load(h + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0)  # [BV, BK]
+        dhT = tl.load(dh + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0)
+        if NEED_DG:
+            hs += tl.sum(hT.to(tl.float32) * dhT.to(tl.float32), axis=0)
+        hT = hT.to(dt)
+        dhT = dhT.to(dt)
         dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
         vt = load_tile(v, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
         acc_q += tl.dot(dot_, hT, input_precision=DOT_PREC)
@@ -114,6 +122,9 @@ def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dq, dk, cu_seqlens, chunk_indic
         acc_q = acc_q * scale * tl.exp(tl.minimum(bk, 0.0))
         acc_q += load_tile(dq, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
         acc_k = acc_k * tl.exp(tl.minimum(b_C[None, :] - bk, 0.0))
+        kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+        term = tl.exp(b_C) * hs + tl.sum(kt.to(tl.float32) * acc_k, axis=0)
+        tl.store(dgc + (i_t.to(tl.int64) * H + i_h) * K + rk, term, mask=rk < K)
         acc_k += load_tile(dk, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
     else:
         causal = rt[:, None] >= rt[None, :]
@@ -129,6 +140,9 @@ def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dq, dk, cu_seqlens, chunk_indic
             dA = tl.where(causal, dA * tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0) * scale
             dAt = tl.where(causal_t, dAt * tl.exp(tl.minimum(b[None, :] - b[:, None], 0.0)), 0.0) * scale
         kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+        if NEED_DG:
+            term = tl.exp(b_C) * hs + tl.sum(kt.to(tl.float32) * acc_k, axis=0)
+            tl.store(dgc + (i_t.to(tl.int64) * H + i_h) * K + rk, term, mask=rk < K)
         qt = load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
         acc_q += tl.dot(dA.to(dt), kt, input_precision=DOT_PREC)
         acc_k += tl.dot(dAt.to(dt), qt, input_precision=DOT_PREC)

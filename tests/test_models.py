@@ -59,13 +59,15 @@ def greedy_by_full_forwards(model, x, n):
 
 # --- registration -------------------------------------------------------------------------------------------
 def test_import_is_light_and_registers():
-    """`import linattn_models` registers the Auto classes without importing triton or transformers' modeling
-    code (Triton's interpreter must still be switchable on afterwards); model classes load on first use."""
-    code = """
+    """`import linattn_models` registers the Auto classes without importing transformers' modeling code, nor
+    triton / torch._dynamo unless the transformers Auto classes themselves do (5.17 does, 5.24 does not): Triton's
+    interpreter must stay switchable on afterwards. The model classes load on first use."""
+    heavy = '[m for m in ("triton", "torch._dynamo", "transformers.modeling_utils") if m in sys.modules]'
+    baseline = f"import sys, transformers.models.auto.modeling_auto; print({heavy})"
+    code = f"""
 import sys
 import linattn_models
-heavy = [m for m in ("triton", "torch._dynamo", "transformers.modeling_utils") if m in sys.modules]
-assert not heavy, heavy
+print({heavy})
 from transformers import AutoConfig, AutoModelForCausalLM
 cfg = AutoConfig.for_model("linattn_gla", vocab_size=64, hidden_size=32, num_hidden_layers=1, num_heads=2)
 model = AutoModelForCausalLM.from_config(cfg)
@@ -74,8 +76,15 @@ print("OK")
 """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC] + [p for p in os.environ.get("PYTHONPATH", "").split(
         os.pathsep) if p]))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    env.pop("TRITON_INTERPRET", None)
+    outs = []
+    for c in (baseline, code):
+        r = subprocess.run([sys.executable, "-c", c], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        outs.append(r.stdout.splitlines())
+    assert outs[1][-1] == "OK"
+    ours, base = eval(outs[1][0]), eval(outs[0][0])
+    assert "transformers.modeling_utils" not in ours and set(ours) <= set(base), (ours, base)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -161,3 +161,12 @@ def test_train_without_datasets_package(tmp_path, data_dir, llama_config, monkey
                           "--text-field", "content", "--eval-fraction", "0.3", "--output-dir", str(out), *FAST,
                           "--max-steps", "2", "--no-plot", "--sample-tokens", "0"])
     assert res["steps"] == 2 and res["eval_loss"] > 0
+
+
+def test_time_budget_stops_training(tmp_path, data_dir, llama_config):
+    out = tmp_path / "budget"
+    res = train_cli.main(["--config", str(llama_config), "--data", str(data_dir / "txt"), "--eval-fraction", "0.3",
+                          "--output-dir", str(out), *FAST, "--max-steps", "100000", "--max-time", "3",
+                          "--save-steps", "100000", "--eval-steps", "100000", "--no-plot", "--sample-tokens", "0"])
+    assert 1 <= res["steps"] < 100000
+    assert (out / "model.safetensors").is_file() and res["eval_loss"] > 0

@@ -121,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-steps", type=int, default=30)
     t.add_argument("--weight-decay", type=float, default=0.1)
     t.add_argument("--max-grad-norm", type=float, default=1.0)
-    t.add_argument("--eval-steps", type=int, default=100)
+    t.add_argument("--eval-steps", type=int, default=50)
     t.add_argument("--save-steps", type=int, default=200)
     t.add_argument("--save-total-limit", type=int, default=2)
-    t.add_argument("--logging-steps", type=int, default=20)
+    t.add_argument("--logging-steps", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume from the last checkpoint in --output-dir (or from CKPT)")

@@ -243,6 +243,20 @@ def test_beam_search_and_sampling(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_beam_search_left_padded_equals_rows_alone(arch):
+    model = make_model(arch)
+    a, b = ids(1, 12, seed=3), ids(1, 20, seed=4)
+    batch = torch.full((2, 20), model.config.pad_token_id)
+    mask = torch.zeros(2, 20, dtype=torch.long)
+    batch[0, 8:], mask[0, 8:] = a[0], 1
+    batch[1], mask[1] = b[0], 1
+    kw = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False)
+    out = model.generate(batch, attention_mask=mask, **kw)
+    assert torch.equal(out[:2, 8:], model.generate(a, **kw))
+    assert torch.equal(out[2:], model.generate(b, **kw))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_continue_from_returned_cache(arch):
     model = make_model(arch)
     x = ids(2, 25)

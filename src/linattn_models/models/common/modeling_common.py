@@ -5,6 +5,7 @@ Cache naming across transformers versions is decided once here: forward accepts 
 and `cache_params`, and outputs carry the cache under the field name of the installed transformers
 (`cache` in 5.24, `past_key_values` in 5.17), which is what that version's `generate` reads back.
 """
+import math
 import warnings
 
 import torch
@@ -19,7 +20,7 @@ from transformers.utils import logging
 
 from ...layers import Padding, TokenMixer
 from ...layers.common import ATTN_MODES
-from ...modules import GatedMLP, HedgehogFeatureMap, RMSNorm, RotaryEmbedding
+from ...modules import GatedMLP, HedgehogFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
 from .cache import LinearAttentionCache
 from .compat import CACHE_OUTPUT_NAME
 from .configuration_common import LinAttnConfig
@@ -84,6 +85,11 @@ class LinAttnPreTrainedModel(PreTrainedModel):
         if isinstance(module, RotaryEmbedding):
             # non-persistent buffer: rebuilt here after meta-device construction (from_pretrained)
             init.copy_(module.inv_freq, module.compute_inv_freq())
+        elif isinstance(module, ShortConvolution):
+            # PyTorch's default conv init (as fla's short convs), not the N(0, 0.02) of linear layers
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                init.zeros_(module.bias)
         elif isinstance(module, HedgehogFeatureMap):
             init.copy_(module.weight, torch.eye(module.head_dim).expand_as(module.weight))
             init.zeros_(module.bias)

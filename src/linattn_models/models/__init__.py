@@ -4,6 +4,16 @@ classes (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassi
 Model types: linattn_linear_transformer, linattn_retnet, linattn_gla (distinct from fla's retnet / gla /
 linear_attn). A model type already registered by another package is left alone, with a warning.
 
+Usage (transformers 5.17 and 5.24):
+
+    import linattn_models
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(linattn_models.configs_path("gla", "370m"))   # or any size / arch
+    model = AutoModelForCausalLM.from_config(config)
+    out = model.generate(input_ids, attention_mask=mask, max_new_tokens=32)       # greedy/sample/beam, padding
+    model.save_pretrained(d)   # also writes linattn_shim.py + auto_map: loads with trust_remote_code=True
+    model.set_attn_mode("recurrent")  # or "chunk"; "auto" (default) picks recurrent for <= 32 tokens
+
 Registration is cheap: the configs are registered as classes, the model classes as stand-ins that import the
 modeling code on first use (then the real classes replace them in the Auto mappings). Importing the modeling
 code imports transformers.modeling_utils -> torch._dynamo -> triton, which `import linattn_models` must not

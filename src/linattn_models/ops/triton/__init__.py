@@ -10,8 +10,11 @@ Kernels (one family, the gate kind a tl.constexpr: 0 none, 1 per-head constant, 
 Forward (chunk): b = chunk-local cumsum of g → states pass (stores the state entering each chunk) → [A] → o.
 Backward: b and the chunk states are RECOMPUTED rather than kept from the forward: storing them costs
 T/BT·K·V values per head (256 MB in fp32 at B=4, H=16, T=4096, K=V=128, per layer: more than q, k, v together),
-while recomputing is one more sequential pass, about the cost of the forward's state pass (the cheapest kernel).
-The state of a training model's 24 layers would not fit otherwise. Then the reverse states pass (dS per chunk,
+while recomputing is one more sequential pass, about the cost of the forward's state pass. Chosen on memory (a
+24-layer training model would hold 6 GB of states at that shape); the speed cost of the extra pass is not yet
+measured. Boundary states are kept in bf16 for bf16 inputs (they are tl.dot operands in bf16 anyway) and in fp32
+otherwise; fp16 inputs cast the fp32 state to fp16 for the tensor-core product (as fla does), so states beyond
+fp16's range (65504) would overflow there: use bf16 or fp32 for such inputs. Then the reverse states pass (dS per chunk,
 dh0) → [dA, intra] → dv → dq, dk (+ rowsum(S_C ⊙ dS_C) per chunk) → dg (chunk-local reverse cumsum of
 q⊙dq − k⊙dk plus that chunk-end term: common.py says why per chunk, not per sequence).
 mode="recurrent" runs recurrent.py forward and the same chunked backward (identical math).

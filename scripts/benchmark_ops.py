@@ -38,7 +38,9 @@ def ours(family):
     from linattn_models import ops
     fn = {"linear_attention": ops.linear_attention, "retention": ops.retention, "simple_gla": ops.simple_gla,
           "gla": ops.gated_linear_attention}[family]
-    return (lambda q, k, v, g: fn(q, k, v)[0]) if g is None else (lambda q, k, v, g: fn(q, k, v, g)[0])
+    if family in ("linear_attention", "retention"):
+        return lambda q, k, v, g: fn(q, k, v)[0]
+    return lambda q, k, v, g: fn(q, k, v, g)[0]
 
 
 def fla(family):

@@ -20,13 +20,13 @@ import torch
 ARCHS = ("linear_transformer", "retnet", "gla")
 
 
-def build(name, vocab=32000, hidden=1024, layers=24):
+def build(name, vocab=32000, hidden=1024, layers=24, size="370m"):
     """A randomly initialised model by name: ours_<arch>, fla_<arch>, llama."""
     if name.startswith("ours_"):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         import linattn_models
-        cfg = AutoConfig.from_pretrained(linattn_models.configs_path(name[5:], "370m"))
+        cfg = AutoConfig.from_pretrained(linattn_models.configs_path(name[5:], size))
         return AutoModelForCausalLM.from_config(cfg)
     if name.startswith("fla_"):
         import fla  # noqa: F401  (registers fla's model types)
@@ -47,42 +47,45 @@ def build(name, vocab=32000, hidden=1024, layers=24):
     raise ValueError(f"unknown model {name!r}")
 
 
-def bench_train(model, B, T, steps, warmup):
-    model.cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+def bench_train(model, B, T, steps, warmup, dev="cuda"):
+    model.to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
     vocab = model.config.vocab_size
-    torch.cuda.reset_peak_memory_stats()
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
     for i in range(warmup + steps):
-        x = torch.randint(0, vocab, (B, T), device="cuda")
-        torch.cuda.synchronize()
+        x = torch.randint(0, vocab, (B, T), device=dev)
+        sync()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(dev, dtype=torch.bfloat16):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     step = statistics.median(times)
-    return {"train_tok_s": B * T / step, "train_step_s": step, "train_peak_gb": torch.cuda.max_memory_allocated() / 1e9,
+    return {"train_tok_s": B * T / step, "train_step_s": step, "train_peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev == "cuda" else 0.0,
             "train_loss_first_last": [losses[0], losses[-1]], "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
 @torch.no_grad()
-def bench_generate(model, B, prompt, new_tokens, repeats=2):
-    model.cuda().eval().to(torch.bfloat16)
+def bench_generate(model, B, prompt, new_tokens, repeats=2, dev="cuda"):
+    model.to(dev).eval().to(torch.bfloat16)
     vocab = model.config.vocab_size
-    x = torch.randint(2, vocab, (B, prompt), device="cuda")
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    x = torch.randint(2, vocab, (B, prompt), device=dev)
     kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
 
     def run(n):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         out = model.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)
-        torch.cuda.synchronize()
+        sync()
         assert out.shape[1] == prompt + n, out.shape
         return time.perf_counter() - t0
 
@@ -108,11 +111,13 @@ def main():
     p.add_argument("--prompts", nargs="+", type=int, default=[512, 2048, 16384])
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    p.add_argument("--size", default="370m", help="size of our configs (tiny for a CPU smoke run)")
+    p.add_argument("--device", default="cuda")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     import transformers
     import triton
-    meta = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+    meta = {"card": torch.cuda.get_device_name() if a.device == "cuda" else a.device, "torch": torch.__version__, "triton": triton.__version__,
             "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(meta), flush=True)
     results = {}
@@ -120,18 +125,19 @@ def main():
         r = results[name] = {}
         try:
             torch.manual_seed(0)
-            model = build(name)
+            model = build(name, size=a.size)
             if not a.no_train:
-                r.update(bench_train(model, a.B, a.T, a.steps, a.warmup))
+                r.update(bench_train(model, a.B, a.T, a.steps, a.warmup, a.device))
             if not a.no_generate:
                 for B in a.gen_batches:
                     for P in a.prompts:
-                        r[f"gen_B{B}_P{P}"] = bench_generate(model, B, P, a.new_tokens)
+                        r[f"gen_B{B}_P{P}"] = bench_generate(model, B, P, a.new_tokens, dev=a.device)
         except Exception as e:  # report and go on: one model's failure must not hide the others
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         print(name, json.dumps(r), flush=True)
         model = None
-        torch.cuda.empty_cache()
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
     with open(os.path.join(a.out, "bench_models.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     print(f"\n{meta['card']}, torch {meta['torch']}, triton {meta['triton']}, transformers {meta['transformers']}, "

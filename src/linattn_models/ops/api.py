@@ -17,10 +17,10 @@ RECURRENT_MAX_T = 32
 NORMALIZER_EPS = 1e-6
 
 
-def retention_log_decays(num_heads, device=None):
-    """RetNet's fixed per-head log decays: g_h = log(1 - 2^(-5-h)), h = 0..H-1 (float32)."""
+def retention_log_decays(num_heads, device=None, dtype=torch.float32):
+    """RetNet's fixed per-head log decays: g_h = log(1 - 2^(-5-h)), h = 0..H-1 (computed in fp64, then cast)."""
     h = torch.arange(num_heads, dtype=torch.float64, device=device)
-    return torch.log1p(-torch.exp2(-5.0 - h)).float()
+    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype)
 
 
 def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, backend):
@@ -74,7 +74,8 @@ def retention(q, k, v, scale=None, initial_state=None, output_final_state=False,
               mode="auto", backend=None):
     """Multi-scale retention (RetNet): fixed decay 1 - 2^(-5-h) for head h = 0..H-1."""
     check_inputs(q, k, v, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
-    g = retention_log_decays(q.shape[2], q.device)
+    # fp64 decays for fp64 inputs, so the reference is exact; the kernels take them as fp32.
+    g = retention_log_decays(q.shape[2], q.device, torch.float64 if q.dtype == torch.float64 else torch.float32)
     return _run(q, k, v, g, "head", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
 
 

@@ -84,6 +84,10 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
         c = cu_seqlens.tolist()
         if c[0] != 0 or c[-1] != T or any(b < a for a, b in zip(c, c[1:])):
             raise ValueError(f"cu_seqlens must start at 0, never decrease and end at T={T}, got {c}")
+    if values_checked(q):
+        for name in ("q", "k", "v"):
+            if not torch.isfinite(tensors[name]).all():
+                raise ValueError(f"{name} contains NaN or inf")
     if g is not None and values_checked(g):
         if not torch.isfinite(g).all():
             raise ValueError("g contains NaN or inf")

@@ -21,6 +21,7 @@ from transformers.utils import logging
 from ...layers import Padding, TokenMixer
 from ...layers.common import ATTN_MODES
 from ...modules import GatedMLP, HedgehogFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
+from ...ops.validate import values_checked
 from .cache import LinearAttentionCache
 from .compat import CACHE_OUTPUT_NAME
 from .configuration_common import LinAttnConfig
@@ -48,6 +49,19 @@ def resolve_cache(cache=None, past_key_values=None, cache_params=None):
                     f"LinearAttentionCache), got {type(c).__name__}")
 
 
+def _check_input_ids(input_ids, vocab_size):
+    """[batch, seq] integer ids in [0, vocab_size); the range check syncs, so it runs where values_checked says."""
+    if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"input_ids must be an int64/int32 tensor, got "
+                        f"{input_ids.dtype if torch.is_tensor(input_ids) else type(input_ids).__name__}")
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    if input_ids.numel() and values_checked(input_ids):
+        lo, hi = input_ids.min().item(), input_ids.max().item()
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
+
+
 class LinAttnDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: x + mixer(norm(x)), then h + MLP(norm(h))."""
 
@@ -73,6 +87,29 @@ class LinAttnPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _is_stateful = True
     _supports_cache_class = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, made strict: a backbone tensor missing from the checkpoint is an error naming
+        it (transformers would re-initialise it at random and only log), a truncated file names the path.
+        Missing task heads (e.g. `score` when a causal-LM checkpoint is loaded for classification) stay allowed."""
+        want_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+        except Exception as e:
+            if type(e).__name__ == "SafetensorError":
+                raise OSError(f"the checkpoint in {pretrained_model_name_or_path} is truncated or corrupt "
+                              f"(safetensors: {e})") from e
+            raise
+        prefix = cls.base_model_prefix + "."
+        missing = sorted(k for k in info.get("missing_keys", ())
+                         if k.startswith(prefix) or not hasattr(model, cls.base_model_prefix))
+        if missing:
+            raise ValueError(f"{len(missing)} tensor(s) missing from the checkpoint in "
+                             f"{pretrained_model_name_or_path}: {', '.join(missing[:20])}"
+                             + (" ..." if len(missing) > 20 else ""))
+        return (model, info) if want_info else model
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
@@ -141,8 +178,14 @@ class LinAttnModel(LinAttnPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
+            _check_input_ids(input_ids, self.config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)
+        elif inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"inputs_embeds must be [batch, seq, {self.config.hidden_size}], "
+                             f"got shape {tuple(inputs_embeds.shape)}")
         B, T = inputs_embeds.shape[:2]
+        if B == 0 or T == 0:
+            raise ValueError(f"the input holds no tokens (batch {B}, length {T})")
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict

@@ -37,14 +37,14 @@ def test_simple_gla_and_gamma():
     same(chunk_simple_gla(q, k, v, g=gs, initial_state=h0, output_final_state=True, cu_seqlens=cu), ref)
     same(fused_recurrent_simple_gla(q, k, v, gs, initial_state=h0, output_final_state=True, cu_seqlens=cu), ref)
     # g_gamma: constant per-head decays; with RetNet's decays it is retention.
-    gamma = ops.retention_log_decays(3)
+    gamma = ops.retention_log_decays(3, dtype=torch.float64)  # ops.retention uses fp64 decays for fp64 inputs
     ret = ops.retention(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu)
     same(chunk_simple_gla(q, k, v, g_gamma=gamma, initial_state=h0, output_final_state=True, cu_seqlens=cu), ret)
     same(chunk_retention(q, k, v, initial_state=h0, output_final_state=True, cu_seqlens=cu), ret)
     same(fused_recurrent_retention(q, k, v, None, h0, True, cu_seqlens=cu), ret)
     # Another set of constant decays equals simple_gla with that gate broadcast.
-    gamma2 = -torch.rand(3)
-    exp = ops.simple_gla(q, k, v, gamma2.double().view(1, 1, 3).expand(1, 45, 3), None, h0, True, cu)
+    gamma2 = -torch.rand(3, dtype=torch.float64)
+    exp = ops.simple_gla(q, k, v, gamma2.view(1, 1, 3).expand(1, 45, 3), None, h0, True, cu)
     same(chunk_simple_gla(q, k, v, g_gamma=gamma2, initial_state=h0, output_final_state=True, cu_seqlens=cu), exp)
 
 

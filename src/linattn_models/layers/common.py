@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..modules import ShortConvolution
+
 ATTN_MODES = ("auto", "chunk", "recurrent")
 
 
@@ -99,6 +101,31 @@ class TokenMixer(nn.Module):
     def set_state(self, cache, name, value):
         if cache is not None and value is not None:
             cache.set_state(self.layer_idx, name, value)
+
+    def init_qkv(self, hidden_size, num_heads, head_k_dim, head_v_dim, use_short_conv, conv_size):
+        """The q/k/v projections (and short convs) every mixer has; their names are the checkpoint format."""
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        key_dim, value_dim = num_heads * head_k_dim, num_heads * head_v_dim
+        self.q_proj = nn.Linear(hidden_size, key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, value_dim, bias=False)
+        self.use_short_conv = use_short_conv
+        if use_short_conv:
+            self.q_conv1d = ShortConvolution(key_dim, conv_size)
+            self.k_conv1d = ShortConvolution(key_dim, conv_size)
+            self.v_conv1d = ShortConvolution(value_dim, conv_size)
+
+    def project_qkv(self, x, cache, padding):
+        """q, k: [B, T, H, K] and v: [B, T, H, V] from x [B, T, D], through the short convs when on."""
+        B, T, _ = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.use_short_conv:
+            q = self.conv(self.q_conv1d, q, cache, "conv_q", padding)
+            k = self.conv(self.k_conv1d, k, cache, "conv_k", padding)
+            v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
+        H = self.num_heads
+        return q.view(B, T, H, self.head_k_dim), k.view(B, T, H, self.head_k_dim), v.view(B, T, H, self.head_v_dim)
 
     def conv(self, conv_module, x, cache, name, padding):
         """Run a ShortConvolution, reading/writing its state `name` in the cache."""

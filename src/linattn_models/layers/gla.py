@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..modules import GatedRMSNorm, ShortConvolution
+from ..modules import GatedRMSNorm
 from .common import TokenMixer, attend
 
 
@@ -19,35 +19,19 @@ class GatedLinearAttention(TokenMixer):
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16.0, use_short_conv: bool = False,
                  conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):
         super().__init__(layer_idx, mode)
-        self.hidden_size, self.num_heads = hidden_size, num_heads
-        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.init_qkv(hidden_size, num_heads, head_k_dim, head_v_dim, use_short_conv, conv_size)
         self.gate_logit_normalizer = float(gate_logit_normalizer)
         key_dim, value_dim = num_heads * head_k_dim, num_heads * head_v_dim
-        self.q_proj = nn.Linear(hidden_size, key_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, key_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, value_dim, bias=False)
         self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
         self.gk_proj = nn.Sequential(nn.Linear(hidden_size, gate_low_rank_dim, bias=False),
                                      nn.Linear(gate_low_rank_dim, key_dim, bias=True))
-        self.use_short_conv = use_short_conv
-        if use_short_conv:
-            self.q_conv1d = ShortConvolution(key_dim, conv_size)
-            self.k_conv1d = ShortConvolution(key_dim, conv_size)
-            self.v_conv1d = ShortConvolution(value_dim, conv_size)
         self.g_norm = GatedRMSNorm(head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, hidden_size, bias=False)
 
     def forward(self, x, cache=None, padding=None, positions=None):
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.use_short_conv:
-            q = self.conv(self.q_conv1d, q, cache, "conv_q", padding)
-            k = self.conv(self.k_conv1d, k, cache, "conv_k", padding)
-            v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
         H = self.num_heads
-        q = q.view(B, T, H, self.head_k_dim)
-        k = k.view(B, T, H, self.head_k_dim)
-        v = v.view(B, T, H, self.head_v_dim)
+        q, k, v = self.project_qkv(x, cache, padding)
         # log decays in float32 at least (the ops accept any float gate dtype)
         gk = self.gk_proj(x)
         g = F.logsigmoid(gk if gk.dtype == torch.float64 else gk.float()) / self.gate_logit_normalizer

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..modules import RMSNorm, ShortConvolution, get_feature_map
+from ..modules import RMSNorm, get_feature_map
 from .common import TokenMixer, attend
 
 NORMALIZER_EPS = 1e-6
@@ -22,31 +22,16 @@ class LinearAttention(TokenMixer):
                  normalize: bool = True, output_norm: bool = False, use_short_conv: bool = False,
                  conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):
         super().__init__(layer_idx, mode)
-        self.hidden_size, self.num_heads = hidden_size, num_heads
-        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
+        self.init_qkv(hidden_size, num_heads, head_k_dim, head_v_dim, use_short_conv, conv_size)
         self.normalize = normalize
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_heads * head_v_dim, bias=False)
         self.feature_map = get_feature_map(feature_map, num_heads, head_k_dim)
-        self.use_short_conv = use_short_conv
-        if use_short_conv:
-            self.q_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
-            self.k_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
-            self.v_conv1d = ShortConvolution(num_heads * head_v_dim, conv_size)
         self.o_norm = RMSNorm(head_v_dim, eps=norm_eps) if output_norm else None
         self.o_proj = nn.Linear(num_heads * head_v_dim, hidden_size, bias=False)
 
     def forward(self, x, cache=None, padding=None, positions=None):
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.use_short_conv:
-            q = self.conv(self.q_conv1d, q, cache, "conv_q", padding)
-            k = self.conv(self.k_conv1d, k, cache, "conv_k", padding)
-            v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
-        q = self.feature_map(q.view(B, T, self.num_heads, self.head_k_dim))
-        k = self.feature_map(k.view(B, T, self.num_heads, self.head_k_dim))
-        v = v.view(B, T, self.num_heads, self.head_v_dim)
+        q, k, v = self.project_qkv(x, cache, padding)
+        q, k = self.feature_map(q), self.feature_map(k)
         scale = q.shape[-1] ** -0.5
         o, state = attend(ops.linear_attention, q, k, v, initial_state=self.get_state(cache, "recurrent"),
                           output_final_state=cache is not None, padding=padding, mode=self.mode, scale=scale)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..modules import GatedRMSNorm, RotaryEmbedding, ShortConvolution
+from ..modules import GatedRMSNorm, RotaryEmbedding
 from .common import TokenMixer, attend
 
 
@@ -20,31 +20,15 @@ class MultiScaleRetention(TokenMixer):
                  rope_theta: float = 10000.0, use_short_conv: bool = False, conv_size: int = 4,
                  norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):
         super().__init__(layer_idx, mode)
-        self.hidden_size, self.num_heads = hidden_size, num_heads
-        self.head_k_dim, self.head_v_dim = head_k_dim, head_v_dim
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, num_heads * head_k_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_heads * head_v_dim, bias=False)
+        self.init_qkv(hidden_size, num_heads, head_k_dim, head_v_dim, use_short_conv, conv_size)
         self.g_proj = nn.Linear(hidden_size, num_heads * head_v_dim, bias=False)
-        self.use_short_conv = use_short_conv
-        if use_short_conv:
-            self.q_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
-            self.k_conv1d = ShortConvolution(num_heads * head_k_dim, conv_size)
-            self.v_conv1d = ShortConvolution(num_heads * head_v_dim, conv_size)
         self.rotary = RotaryEmbedding(head_k_dim, base=rope_theta)
         self.g_norm = GatedRMSNorm(head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(num_heads * head_v_dim, hidden_size, bias=False)
 
     def forward(self, x, cache=None, padding=None, positions=None):
         B, T, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.use_short_conv:
-            q = self.conv(self.q_conv1d, q, cache, "conv_q", padding)
-            k = self.conv(self.k_conv1d, k, cache, "conv_k", padding)
-            v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
-        q = q.view(B, T, self.num_heads, self.head_k_dim)
-        k = k.view(B, T, self.num_heads, self.head_k_dim)
-        v = v.view(B, T, self.num_heads, self.head_v_dim)
+        q, k, v = self.project_qkv(x, cache, padding)
         if positions is None:
             positions = torch.arange(T, device=x.device).expand(B, T)
         q, k = self.rotary(q, k, positions)

@@ -6,33 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from op_cases import FAMILIES, call, make_inputs
+
 from linattn_models import ops
 from linattn_models.ops.reference import run_torch
-
-FAMILIES = ["linear", "retention", "simple_gla", "gla"]
-
-
-def make_inputs(family, B, T, H, K, V, gate_strength=1.0, seed=None, dtype=torch.float64, N=None):
-    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=dtype)  # noqa: E731
-    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
-    g = None
-    if family == "simple_gla":
-        g = F.logsigmoid(r(B, T, H)) * gate_strength
-    elif family == "gla":
-        g = F.logsigmoid(r(B, T, H, K)) * gate_strength
-    h0 = r(N if N is not None else B, H, K, V)
-    return q, k, v, g, h0
-
-
-def call(family, q, k, v, g, **kw):
-    if family == "linear":
-        return ops.linear_attention(q, k, v, **kw)
-    if family == "retention":
-        return ops.retention(q, k, v, **kw)
-    if family == "simple_gla":
-        return ops.simple_gla(q, k, v, g, **kw)
-    return ops.gated_linear_attention(q, k, v, g, **kw)
 
 
 def grads(family, q, k, v, g, h0, mode, cu_seqlens=None, seed=0):
@@ -59,7 +36,7 @@ def assert_close_all(a, b, tol=1e-10):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("T,K,V", [(1, 16, 16), (63, 32, 48), (100, 24, 16), (257, 16, 20)])
 def test_chunk_matches_recurrent(family, T, K, V):
-    q, k, v, g, h0 = make_inputs(family, 2, T, 2, K, V, gate_strength=2.0)
+    q, k, v, g, h0 = make_inputs(family, 2, T, 2, K, V, strength=2.0)
     assert_close_all(grads(family, q, k, v, g, h0, "chunk"), grads(family, q, k, v, g, h0, "recurrent"))
 
 
@@ -67,7 +44,7 @@ def test_chunk_matches_recurrent(family, T, K, V):
 @pytest.mark.parametrize("strength", [1e-3, 1.0, 30.0, 300.0])
 def test_gate_strengths(family, strength):
     """Weak to very strong decay: per-chunk log gate sums reach thousands without overflow."""
-    q, k, v, g, h0 = make_inputs(family, 1, 70, 2, 16, 16, gate_strength=strength)
+    q, k, v, g, h0 = make_inputs(family, 1, 70, 2, 16, 16, strength=strength)
     a = grads(family, q, k, v, g, h0, "chunk")
     assert all(torch.isfinite(t).all() for t in a)
     assert_close_all(a, grads(family, q, k, v, g, h0, "recurrent"))
@@ -96,7 +73,7 @@ def test_varlen_equals_separate(family, mode):
     lens = [37, 1, 90, 64]
     T = sum(lens)
     cu = torch.tensor([0] + lens).cumsum(0)
-    q, k, v, g, h0 = make_inputs(family, 1, T, 2, 16, 24, gate_strength=2.0, N=len(lens))
+    q, k, v, g, h0 = make_inputs(family, 1, T, 2, 16, 24, strength=2.0, N=len(lens))
     packed = grads(family, q, k, v, g, h0, mode, cu_seqlens=cu)
     ref = grads(family, q, k, v, g, h0, "recurrent", cu_seqlens=cu)
     assert_close_all(packed, ref)
@@ -111,7 +88,7 @@ def test_varlen_equals_separate(family, mode):
 
 def test_state_chaining_equals_one_run():
     """Two calls with the state carried over equal one call over the whole sequence."""
-    q, k, v, g, h0 = make_inputs("gla", 1, 120, 2, 16, 16, gate_strength=2.0)
+    q, k, v, g, h0 = make_inputs("gla", 1, 120, 2, 16, 16, strength=2.0)
     o, s = ops.gated_linear_attention(q, k, v, g, initial_state=h0, output_final_state=True)
     o1, s1 = ops.gated_linear_attention(q[:, :77], k[:, :77], v[:, :77], g[:, :77], initial_state=h0,
                                         output_final_state=True)
@@ -158,7 +135,7 @@ def test_linear_normalize():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
-    q, k, v, g, h0 = make_inputs("gla", 1, 80, 2, 32, 32, gate_strength=1.0)
+    q, k, v, g, h0 = make_inputs("gla", 1, 80, 2, 32, 32, strength=1.0)
     o, s = ops.gated_linear_attention(q.to(dtype), k.to(dtype), v.to(dtype), g.to(dtype),
                                       initial_state=h0.float(), output_final_state=True)
     ref, sref = run_torch(q, k, v, g, 32 ** -0.5, h0, True, None, "recurrent")

@@ -17,10 +17,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from op_cases import FAMILIES, call, make_inputs  # noqa: E402
+
 from linattn_models import ops  # noqa: E402
 from linattn_models.ops.dispatch import triton_ops  # noqa: E402
 
-FAMILIES = ["linear", "retention", "simple_gla", "gla"]
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
 
 
@@ -30,29 +31,6 @@ def poison(monkeypatch):
     assert mod.INTERPRET, "the kernel module was imported before TRITON_INTERPRET=1 was set"
     monkeypatch.setattr(mod, "POISON", True)
     yield
-
-
-def make(family, B, T, H, K, V, strength=1.0, N=None, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
-    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
-    g = None
-    if family == "simple_gla":
-        g = F.logsigmoid(r(B, T, H)) * strength
-    elif family == "gla":
-        g = F.logsigmoid(r(B, T, H, K)) * strength
-    h0 = r(N if N is not None else B, H, K, V)
-    return q, k, v, g, h0
-
-
-def call(family, q, k, v, g, **kw):
-    if family == "linear":
-        return ops.linear_attention(q, k, v, **kw)
-    if family == "retention":
-        return ops.retention(q, k, v, **kw)
-    if family == "simple_gla":
-        return ops.simple_gla(q, k, v, g, **kw)
-    return ops.gated_linear_attention(q, k, v, g, **kw)
 
 
 def run(family, backend, q, k, v, g, h0, mode, cu=None, final=True, seed=1):
@@ -109,14 +87,14 @@ def check(family, q, k, v, g, h0, mode="chunk", dtype=torch.float32, cu=None, fi
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 @pytest.mark.parametrize("T,K,V", [(100, 24, 48), (63, 48, 20)])
 def test_kernels_fp32(family, mode, T, K, V):
-    check(family, *make(family, 2, T, 2, K, V, strength=2.0), mode=mode)
+    check(family, *make_inputs(family, 2, T, 2, K, V, strength=2.0), mode=mode)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 def test_single_token(family, mode):
     """T = 1 (a decoding step): state in and out."""
-    check(family, *make(family, 3, 1, 2, 32, 16), mode=mode)
+    check(family, *make_inputs(family, 3, 1, 2, 32, 16), mode=mode)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -125,43 +103,43 @@ def test_varlen(family, mode):
     """Packed sequences incl. a length-1 one and one of exactly a chunk; chunks never cross a boundary."""
     lens = [37, 1, 64, 29]
     cu = torch.tensor([0] + lens).cumsum(0)
-    check(family, *make(family, 1, sum(lens), 2, 16, 24, strength=2.0, N=len(lens)), mode=mode, cu=cu)
+    check(family, *make_inputs(family, 1, sum(lens), 2, 16, 24, strength=2.0, N=len(lens)), mode=mode, cu=cu)
 
 
 @pytest.mark.parametrize("family", ["simple_gla", "gla"])
 @pytest.mark.parametrize("strength", [1e-3, 300.0])
 def test_gate_strength(family, strength):
     """Very strong gates: log gate sums reach thousands inside a chunk; nothing may overflow."""
-    check(family, *make(family, 1, 90, 2, 16, 16, strength=strength), dg_scale=True)
+    check(family, *make_inputs(family, 1, 90, 2, 16, 16, strength=strength), dg_scale=True)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fp16(family):
-    check(family, *make(family, 2, 80, 2, 32, 32), dtype=torch.float16)
+    check(family, *make_inputs(family, 2, 80, 2, 32, 32), dtype=torch.float16)
 
 
 @pytest.mark.parametrize("family", ["retention", "gla"])
 def test_fp16_recurrent_varlen(family):
     lens = [50, 1, 30]
     cu = torch.tensor([0] + lens).cumsum(0)
-    check(family, *make(family, 1, sum(lens), 2, 16, 16, N=len(lens)), mode="recurrent", dtype=torch.float16, cu=cu)
+    check(family, *make_inputs(family, 1, sum(lens), 2, 16, 16, N=len(lens)), mode="recurrent", dtype=torch.float16, cu=cu)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_state(family):
     """No initial state, final state not returned: dht is None and dg has no constant term."""
-    q, k, v, g, _ = make(family, 2, 70, 2, 16, 16)
+    q, k, v, g, _ = make_inputs(family, 2, 70, 2, 16, 16)
     check(family, q, k, v, g, None, final=False)
 
 
 def test_large_head_dim_multiple_blocks():
     """K, V above one 64-wide tile: several K/V blocks in every kernel."""
-    check("gla", *make("gla", 1, 40, 1, 130, 72))
-    check("simple_gla", *make("simple_gla", 1, 40, 1, 130, 72))
+    check("gla", *make_inputs("gla", 1, 40, 1, 130, 72))
+    check("simple_gla", *make_inputs("simple_gla", 1, 40, 1, 130, 72))
 
 
 def test_non_contiguous_inputs():
-    q, k, v, g, h0 = make("gla", 2, 50, 2, 16, 16)
+    q, k, v, g, h0 = make_inputs("gla", 2, 50, 2, 16, 16)
     tq, tk, tv, tg = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v, g))
     assert not tq.is_contiguous()
     check("gla", tq, tk, tv, tg, h0)
@@ -173,19 +151,19 @@ def test_poison_is_on():
 
 
 def test_empty_and_float64():
-    q, k, v, g, h0 = make("gla", 1, 0, 2, 8, 8)
+    q, k, v, g, h0 = make_inputs("gla", 1, 0, 2, 8, 8)
     o, s = ops.gated_linear_attention(q.float(), k.float(), v.float(), g.float(), initial_state=h0.float(),
                                       output_final_state=True, backend="triton")
     assert o.shape == (1, 0, 2, 8) and torch.equal(s, h0.float())
     with pytest.raises(TypeError, match="float64"):
-        q, k, v, g, h0 = make("gla", 1, 5, 2, 8, 8)
+        q, k, v, g, h0 = make_inputs("gla", 1, 5, 2, 8, 8)
         ops.gated_linear_attention(q, k, v, g, backend="triton")
 
 
 def test_gate_grad_error_does_not_grow_with_length():
     """dg is summed per chunk: its fp16 error stays at the level of dq's at T=2048 (summed over the whole
     sequence it was 4.5x dq's at T=4096 in fp16 here, and 1.5e-2..5.7e-2 in bf16 on an H100)."""
-    q, k, v, g, _ = make("simple_gla", 1, 2048, 1, 32, 32, seed=3)
+    q, k, v, g, _ = make_inputs("simple_gla", 1, 2048, 1, 32, 32, seed=3)
     g = F.logsigmoid(torch.randn(g.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 2)
     q, k, v, g = (t.half() for t in (q, k, v, g))
     got = run("simple_gla", "triton", q, k, v, g, None, "chunk")

@@ -1,5 +1,4 @@
 """Modules and token mixers, in float64 against direct formulas and against token-by-token decoding."""
-import math
 
 import pytest
 import torch

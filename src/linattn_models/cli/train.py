@@ -362,7 +362,7 @@ def main(argv=None) -> dict:
 
     import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM, TrainingArguments, default_data_collator, set_seed
+    from transformers import AutoModelForCausalLM, TrainingArguments, default_data_collator, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     import linattn_models  # noqa: F401  (registers the model types)

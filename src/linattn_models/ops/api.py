@@ -23,13 +23,17 @@ def retention_log_decays(num_heads, device=None, dtype=torch.float32):
     return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype)
 
 
-def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, backend):
-    """Dispatch one gated linear attention call. gate: "none" | "head" (g: [H]) | "scalar" | "vector"."""
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    scale = float(scale)
+def _resolve_scale(q, scale):
+    """The float scale to use: K^-0.5 by default; must be finite."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
+    return scale
+
+
+def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, backend):
+    """Dispatch one gated linear attention call. gate: "none" | "head" (g: [H]) | "scalar" | "vector"."""
+    scale = _resolve_scale(q, scale)
     if mode == "auto":
         mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
     if resolve_backend(backend, q.device) == "triton":
@@ -53,8 +57,7 @@ def linear_attention(q, k, v, normalize=False, scale=None, initial_state=None, o
                          "append a ones column to v and divide by it instead")
     o, state = _run(q, k, v, None, "none", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
     if normalize:
-        s = q.shape[-1] ** -0.5 if scale is None else scale
-        z = s * (q.float() * _cumsum_per_sequence(k.float(), cu_seqlens)).sum(-1, keepdim=True)
+        z = (q.float() * _cumsum_per_sequence(k.float(), cu_seqlens)).sum(-1, keepdim=True) * _resolve_scale(q, scale)
         o = (o.float() / (z + NORMALIZER_EPS)).to(q.dtype)
     return o, state
 

@@ -185,8 +185,6 @@ def chunk_vector_intra_bwd_kernel(q, k, gb, dA, dq, dk, cu_seqlens, chunk_indice
         rc = tl.arange(0, BC)
         ri = r0 + rc
         rt = tl.arange(0, BT)
-        qi = load_tile(q, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0).to(tl.float32)
-        ki = load_tile(k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0).to(tl.float32)
         bi = load_tile(gb, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
         acc_q = tl.zeros([BC, BK], dtype=tl.float32)
         acc_k = tl.zeros([BC, BK], dtype=tl.float32)

@@ -31,7 +31,7 @@ from linattn_models.ops.reference import run_torch  # noqa: E402
 FAMILIES = ["linear", "retention", "simple_gla", "gla"]
 TOL = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 1e-2, "fp16": 1e-2}
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-RESULTS = {"correct": [], "sweep": [], "timing": [], "first_call": []}
+RESULTS = {"correct": [], "sweep": [], "timing": [], "first_call": [], "long": []}
 DEVICE = "cuda"
 TINY = False  # --tiny: CPU dry run of the script itself (TRITON_INTERPRET=1), shapes shrunk
 T0 = time.time()
@@ -136,7 +136,7 @@ def check_case(tag, family, dtype_name, B, T, H, K, V, strength=1.0, lens=None, 
     if TINY and dtype == torch.bfloat16:  # bf16 is garbage in the interpreter
         dtype = torch.float16
     if TINY:
-        B, T, H, K, V = min(B, 2), max(1, min(T, 70)), 2, min(K, 32), min(V, 32)
+        B, T, H, K, V = min(B, 2), max(1, min(T, 70)), 2, min(K, 32), min(V, 32 * max(1, V // K))
         lens = [min(n, 40) for n in lens] if lens else None
     N = len(lens) if lens else None
     cu = torch.tensor([0] + list(lens), device=DEVICE).cumsum(0) if lens else None
@@ -201,6 +201,10 @@ def section_correct(args):
             ("recurrent", fam, "bf16", 4, 64, 16, 128, 128, 1.0, None, "recurrent"),
             ("decode", fam, "bf16", 8, 1, 16, 128, 128, 1.0, None, "recurrent"),
             ("fp16", fam, "fp16", 2, 2048, 16, 128, 128, 1.0, None, "chunk"),
+            # K != V, as in the RetNet/GLA configs (head_v_dim = 2 * head_k_dim)
+            ("kv", fam, "bf16", 2, 2048, 8, 128, 256, 1.0, None, "chunk"),
+            ("kv_fp32", fam, "fp32", 1, 1024, 4, 128, 256, 1.0, None, "chunk"),
+            ("kv_rec", fam, "bf16", 2, 300, 8, 128, 256, 1.0, None, "recurrent"),
         ]
         if fam in ("simple_gla", "gla"):
             cases.append(("strong", fam, "bf16", 1, 2048, 16, 128, 128, 8.0, None, "chunk"))
@@ -257,6 +261,70 @@ def section_sweep(args):
                 RESULTS["sweep"].append(row)
     mod.OVERRIDES.clear()
     mod.POISON = False
+
+
+def section_long(args):
+    """Long sequences (issue #7): fwd+bwd at T=--long-T (64K) vs the float64 reference, bf16 and fp32; then a
+    --carry-T (1M) token forward run in --carry-pieces pieces, each starting from the previous piece's final
+    state, vs the same tokens in one call and vs the float64 reference (final state and last piece's output).
+    Weak gates (strength 0.05: decay e^-0.005 per token and key) so that the state remembers thousands of tokens."""
+    mod = kernels()
+    mod.POISON = True
+    for fam in args.families:
+        for dt in ("bf16", "fp32"):
+            if time.time() - T0 > args.budget_s:
+                log("budget exhausted: skipping the rest of 'long'")
+                return
+            try:
+                row = check_case("long64k", fam, dt, 1, args.long_T, 4, 128, 128, 0.05)
+            except Exception as e:  # noqa: BLE001
+                row = dict(tag="long64k", family=fam, dtype=dt, ok=False, error=repr(e)[:500])
+                log(f"ERROR long {fam} {dt}: {e!r}"[:500])
+            RESULTS["long"].append(row)
+    mod.POISON = False
+    for fam in args.families:
+        if time.time() - T0 > args.budget_s:
+            log("budget exhausted: skipping the rest of 'long' (carry)")
+            return
+        try:
+            RESULTS["long"].append(carry_case(fam, args.carry_T, args.carry_pieces))
+        except Exception as e:  # noqa: BLE001
+            RESULTS["long"].append(dict(tag="carry", family=fam, ok=False, error=repr(e)[:500]))
+            log(f"ERROR carry {fam}: {e!r}"[:500])
+
+
+@torch.no_grad()
+def carry_case(fam, T, pieces, H=4, D=128):
+    if TINY:
+        T, pieces, H, D = 256, 4, 2, 32
+    q, k, v, g, _ = make_inputs(fam, 1, T, H, D, D, strength=0.05, seed=7)
+    low = torch.float16 if TINY else torch.bfloat16  # the interpreter computes bf16 wrongly
+    q, k, v = (x.to(low) for x in (q, k, v))
+    g = None if g is None else g.float()
+    f = ours_fn(fam)
+    t = time.time()
+    o_one, s_one = f(q, k, v, g, output_final_state=True, backend="triton")
+    sync()
+    t_one = time.time() - t
+    L, s, o_last = T // pieces, None, None
+    for i in range(pieces):
+        sl = slice(i * L, (i + 1) * L)
+        o_last, s = f(q[:, sl], k[:, sl], v[:, sl], None if g is None else g[:, sl], initial_state=s,
+                      output_final_state=True, backend="triton")
+    sync()
+    d = lambda x: None if x is None else x.double()  # noqa: E731
+    ref_o, ref_s = reference_fn(fam)(d(q), d(k), d(v), d(g), output_final_state=True)
+    rel = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm()).item()  # noqa: E731
+    errs = {"state_pieces_vs_one": rel(s, s_one), "o_last_pieces_vs_one": rel(o_last, o_one[:, -L:]),
+            "state_vs_ref": rel(s, ref_s), "o_last_vs_ref": rel(o_last, ref_o[:, -L:]),
+            "o_one_vs_ref": rel(o_one, ref_o)}
+    finite = bool(torch.isfinite(s).all() and torch.isfinite(o_one).all())
+    ok = finite and max(errs.values()) <= TOL["bf16"]
+    log(f"[{time.time() - T0:6.0f}s] {'ok ' if ok else 'BAD'} carry {fam:10s} T={T} in {pieces} pieces, "
+        f"one call {t_one:.2f} s: " + " ".join(f"{n}={e:.1e}" for n, e in errs.items())
+        + f" |state|max={s.abs().max().item():.3g}")
+    return dict(tag="carry", family=fam, dtype="bf16", T=T, pieces=pieces, H=H, K=D, V=D, errors=errs,
+                max_err=max(errs.values()), ok=ok, seconds=round(t_one, 2))
 
 
 def bench(fn, q, k, v, g, backward):
@@ -368,8 +436,9 @@ def versions():
 def summary():
     log("\n==== summary ====")
     log(json.dumps(RESULTS["meta"]))
-    bad = [r for r in RESULTS["correct"] + RESULTS["sweep"] if not r.get("ok")]
-    n = len(RESULTS["correct"]) + len(RESULTS["sweep"])
+    rows = RESULTS["correct"] + RESULTS["sweep"] + RESULTS["long"]
+    bad = [r for r in rows if not r.get("ok")]
+    n = len(rows)
     log(f"correctness: {n - len(bad)}/{n} cases within tolerance")
     for r in bad:
         log(f"  FAIL {r.get('tag')} {r.get('family')} {r.get('dtype')} T={r.get('T')} K={r.get('K')} "
@@ -410,6 +479,9 @@ def main():
     ap.add_argument("--first-call-families", nargs="+", default=FAMILIES)
     ap.add_argument("--tags", nargs="+", default=None, help="cases of the 'correct' section (default: all)")
     ap.add_argument("--sweep-configs", type=int, nargs="+", default=None, help="indices into SWEEP")
+    ap.add_argument("--long-T", type=int, default=65536, help="sequence length of the 'long' section")
+    ap.add_argument("--carry-T", type=int, default=1 << 20, help="tokens carried in pieces ('long' section)")
+    ap.add_argument("--carry-pieces", type=int, default=16)
     ap.add_argument("--tiny", action="store_true", help="CPU dry run through the interpreter, tiny shapes")
     args = ap.parse_args()
     global DEVICE, TINY
@@ -427,7 +499,7 @@ def main():
     secs = args.sections.split(",")
     try:
         fns = {"first_call": section_first_call, "correct": section_correct, "sweep": section_sweep,
-               "timing": section_timing}
+               "timing": section_timing, "long": section_long}
         for name in secs:  # in the order given
             fns[name](args)
     finally:

@@ -6,8 +6,13 @@ Per architecture:
   2. then, in float32 (TF32 off), after a random prompt of --prompt-len tokens (default 2048):
      - cached greedy `generate` == argmax of full forwards, token by token (--new-tokens);
      - a left-padded batch (prompt, and a shorter second prompt) == each prompt run alone (logits + tokens);
-     - chunk vs recurrent mode logits on the prompt;
-     - the same prompt in bf16: chunk vs recurrent and cached-vs-full logits (reported, looser);
+     - chunk and recurrent mode logits vs the same model run in float64 (torch backend), ‖Δ‖/‖ref‖ ≤ --tol;
+     - the model cast to bf16: chunk and recurrent logits vs that float64 run. These errors are large for RetNet
+       and GLA (0.1-0.25 of ‖logits‖) in BOTH modes: the models amplify a relative error of 1e-3 in one layer's
+       attention output 30-400x at these widths (scripts/diagnose_modes_gpu.py measures it, and shows ours and
+       fla's kernels have the same error on the models' real activations). So the bf16 check is relative: chunk
+       mode (bf16 boundary states, as fla) must be no less accurate than the token-by-token recurrence (fp32
+       state) by more than --bf16-ratio; cached-vs-full is reported;
   3. prints a table. Exit status 1 if a check fails.
 
 A greedy token that differs only where the full forward's top-2 logits are within --tie-tol is reported as a
@@ -17,6 +22,7 @@ near tie, not a failure (a randomly initialised model has very flat logits).
     PYTHONPATH=src python scripts/check_models_gpu.py --archs gla --prompt-len 4096
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -38,6 +44,29 @@ from linattn_models.ops import resolve_backend  # noqa: E402
 def max_rel(a, b):
     """max |a - b| / max |b|."""
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+def norm_rel(a, b):
+    """‖a - b‖ / ‖b‖ (float64)."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@torch.no_grad()
+def fp64_logits(model, prompt):
+    """The model's logits in float64 through the torch backend (the kernels have no float64 path)."""
+    old = os.environ.get("LINATTN_BACKEND")
+    os.environ["LINATTN_BACKEND"] = "torch"
+    try:
+        m = copy.deepcopy(model).double()
+        m.set_attn_mode("chunk")
+        return m(prompt, use_cache=False).logits
+    finally:
+        del m
+        if old is None:
+            os.environ.pop("LINATTN_BACKEND")
+        else:
+            os.environ["LINATTN_BACKEND"] = old
 
 
 def train(model, args, device, vocab):
@@ -110,13 +139,14 @@ def padding_check(model, a, b, n_new, pad_id):
 
 
 @torch.no_grad()
-def modes_check(model, prompt):
-    logits = {}
+def modes_check(model, prompt, ref):
+    """‖Δ‖/‖ref‖ of chunk and recurrent mode logits vs the float64 logits `ref`."""
+    errs = {}
     for mode in ("chunk", "recurrent"):
         model.set_attn_mode(mode)
-        logits[mode] = model(prompt, use_cache=False).logits
+        errs[mode] = norm_rel(model(prompt, use_cache=False).logits, ref)
     model.set_attn_mode("auto")
-    return max_rel(logits["recurrent"], logits["chunk"])
+    return errs
 
 
 def main():
@@ -130,8 +160,10 @@ def main():
     p.add_argument("--train-len", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tie-tol", type=float, default=1e-3, help="top-2 logit gap below which a greedy mismatch is a tie")
-    p.add_argument("--tol", type=float, default=1e-3, help="fp32 relative logit tolerance (max|Δ| / max|logit|)")
-    p.add_argument("--bf16-tol", type=float, default=5e-2, help="bf16 relative logit tolerance")
+    p.add_argument("--tol", type=float, default=1e-3, help="fp32 relative logit tolerance (‖Δ‖/‖ref‖; cached and "
+                   "padded: max|Δ| / max|logit|)")
+    p.add_argument("--bf16-ratio", type=float, default=1.5,
+                   help="bf16: chunk error vs fp64 at most this times the recurrent error (+0.01)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test this script (tiny size)")
     args = p.parse_args()
@@ -165,28 +197,34 @@ def main():
         print(f"  greedy: {exact}/{args.new_tokens} exact, {ties} near ties (worst gap {margin:.2e})", flush=True)
         cache_err = cached_vs_full(model, prompt, args.prompt_len - 100)
         pad_err, pad_same = padding_check(model, prompt, short, args.new_tokens, cfg.pad_token_id)
-        mode_err = modes_check(model, prompt)
+        ref = fp64_logits(model, prompt)
+        mode_err = modes_check(model, prompt, ref)
         print(f"  fp32: cached-vs-full {cache_err:.2e}, padded-vs-alone {pad_err:.2e} (tokens same: {pad_same}), "
-              f"chunk-vs-recurrent {mode_err:.2e}", flush=True)
+              f"vs fp64: chunk {mode_err['chunk']:.2e} recurrent {mode_err['recurrent']:.2e}", flush=True)
         model.to(torch.bfloat16)
-        bf_mode_err = modes_check(model, prompt)
+        bf_mode_err = modes_check(model, prompt, ref)
         bf_cache_err = cached_vs_full(model, prompt, args.prompt_len - 100)
-        print(f"  bf16: chunk-vs-recurrent {bf_mode_err:.2e}, cached-vs-full {bf_cache_err:.2e}", flush=True)
+        print(f"  bf16: vs fp64: chunk {bf_mode_err['chunk']:.2e} recurrent {bf_mode_err['recurrent']:.2e}; "
+              f"cached-vs-full {bf_cache_err:.2e}", flush=True)
         ok = (train_ok and greedy_ok and pad_same and cache_err < args.tol and pad_err < args.tol
-              and mode_err < args.tol and bf_mode_err < args.bf16_tol and bf_cache_err < args.bf16_tol)
+              and max(mode_err.values()) < args.tol
+              and bf_mode_err["chunk"] <= args.bf16_ratio * bf_mode_err["recurrent"] + 1e-2)
         ok_all &= ok
         rows.append(dict(arch=arch, params_m=round(n_params / 1e6, 1), loss_first=losses[0], loss_last=losses[-1],
                          greedy=f"{exact}+{ties}t/{args.new_tokens}", cached_vs_full=cache_err,
-                         padded_vs_alone=pad_err, pad_tokens_same=pad_same, chunk_vs_recurrent=mode_err,
-                         bf16_chunk_vs_recurrent=bf_mode_err, bf16_cached_vs_full=bf_cache_err,
+                         padded_vs_alone=pad_err, pad_tokens_same=pad_same, chunk_vs_fp64=mode_err["chunk"],
+                         recurrent_vs_fp64=mode_err["recurrent"], bf16_chunk_vs_fp64=bf_mode_err["chunk"],
+                         bf16_recurrent_vs_fp64=bf_mode_err["recurrent"], bf16_cached_vs_full=bf_cache_err,
                          seconds=round(time.time() - t0, 1), ok=ok))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    print(f"\nprompt {args.prompt_len} tokens; errors are max|Δlogit| / max|logit|; greedy = exact+ties/total")
+    print(f"\nprompt {args.prompt_len} tokens; *_vs_fp64: ‖Δlogits‖/‖logits64‖; cached/padded: max|Δlogit| / "
+          f"max|logit|; greedy = exact+ties/total")
     head = ["arch", "params_m", "loss_first", "loss_last", "greedy", "cached_vs_full", "padded_vs_alone",
-            "pad_tokens_same", "chunk_vs_recurrent", "bf16_chunk_vs_recurrent", "bf16_cached_vs_full", "seconds", "ok"]
+            "pad_tokens_same", "chunk_vs_fp64", "recurrent_vs_fp64", "bf16_chunk_vs_fp64", "bf16_recurrent_vs_fp64",
+            "bf16_cached_vs_full", "seconds", "ok"]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
     table = [head] + [[fmt(r[h]) for h in head] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]

@@ -3,6 +3,9 @@
 `import linattn_models` registers the three architectures (linattn_linear_transformer, linattn_retnet,
 linattn_gla) with the transformers Auto classes. It stays light: neither it nor `linattn_models.ops` imports
 triton (or transformers' modeling code); the model classes load on first use.
+
+fla checkpoints (model types gla, retnet, linear_attn): `linattn_models.convert_fla(src, dst)` or
+`python -m linattn_models.convert SRC DST` converts them into ours.
 """
 __version__ = "0.1.0"
 
@@ -20,11 +23,14 @@ _LAZY = ("LinearAttentionCache", "LinearTransformerModel", "LinearTransformerFor
 def __getattr__(name):
     if name in _LAZY:
         return getattr(models, name)
+    if name == "convert_fla":  # lazily, so that `python -m linattn_models.convert` runs the module fresh
+        from .convert import convert_fla
+        return convert_fla
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"convert_fla"})
 
 
 def configs_path(arch=None, size=None):

@@ -96,7 +96,25 @@ def register_all(materialize=False):
     return done
 
 
+def register_fla_placeholders():
+    """Under fla's model types (gla, retnet, linear_attn), when still free, a config that refuses to load and
+    says to convert (FlaCheckpointConfig). Returns the types taken."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from .common.configuration_common import FLA_MODEL_TYPES, FlaCheckpointConfig
+
+    taken = []
+    for model_type in FLA_MODEL_TYPES:
+        if model_type not in CONFIG_MAPPING:
+            cls = type(f"FlaCheckpointConfig_{model_type}", (FlaCheckpointConfig,), {"model_type": model_type})
+            transformers.AutoConfig.register(model_type, cls, exist_ok=True)
+            taken.append(model_type)
+    return taken
+
+
 REGISTERED_MODEL_TYPES = register_all()
+register_fla_placeholders()
 
 __all__ = ["CONFIGS", "REGISTERED_MODEL_TYPES", "model_classes", "register_all", "LinAttnConfig",
            "LinearAttentionCache", "LinearTransformerConfig", "RetNetConfig", "GLAConfig", *_MODEL_NAMES]

@@ -11,6 +11,28 @@ from transformers import PreTrainedConfig
 
 SHIM_MODULE = "linattn_shim"
 ATTN_MODES = ("auto", "chunk", "recurrent")
+# flash-linear-attention's model types for the same architectures: their checkpoints need a conversion
+FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn")
+
+
+def fla_checkpoint_message(model_type, path=None):
+    src = path if path is not None else "<fla_checkpoint_dir>"
+    return (f"{src if path is not None else 'this config'} is a flash-linear-attention (fla) checkpoint (model_type "
+            f"{model_type!r}), not a linattn_models one. Convert it once, then load the result:\n"
+            f"    python -m linattn_models.convert {src} <dst_dir>\n"
+            f"(or scripts/convert_fla.py, or linattn_models.convert_fla({str(src)!r}, <dst_dir>)); "
+            f"to run it with fla instead, `import fla` first.")
+
+
+class FlaCheckpointConfig(PreTrainedConfig):
+    """Registered under fla's model types when fla has not registered them (see models/__init__.py), so that
+    AutoConfig / AutoModel* .from_pretrained on an fla checkpoint says how to convert it instead of
+    'unrecognized model type'. fla registers its own configs with exist_ok=True, so `import fla` later
+    replaces these."""
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        raise ValueError(fla_checkpoint_message(cls.model_type))
 
 
 class LinAttnConfig(PreTrainedConfig):
@@ -67,6 +89,16 @@ class LinAttnConfig(PreTrainedConfig):
             layer_types = self.__dict__.get("layer_types")
             if layer_types is not None and set(layer_types) <= {"linear_attention"} and len(layer_types) != value:
                 super().__setattr__("layer_types", ["linear_attention"] * value)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' reader, refusing fla checkpoints (same architectures, other parameter names and
+        config fields): used by our config and model classes' from_pretrained."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type in FLA_MODEL_TYPES:
+            raise ValueError(fla_checkpoint_message(model_type, pretrained_model_name_or_path))
+        return config_dict, kwargs
 
     @classmethod
     def auto_map_classes(cls):

@@ -66,3 +66,40 @@ def test_complete_and_partial_loads_still_work(checkpoint):
     # A new task head on a pretrained backbone is the normal fine-tuning case, not an error.
     clf = AutoModelForSequenceClassification.from_pretrained(d, num_labels=3)
     assert clf.score.weight.shape[0] == 3
+
+
+@pytest.mark.parametrize("feature_map,tie", [("elementwise_product", False), ("elementwise_product", True),
+                                             ("hedgehog", False)])
+def test_learnable_feature_maps_round_trip(tmp_path, feature_map, tie):
+    """Save and load a linear transformer with learnable (per-head) q/k feature maps, tied or not: same config,
+    same tensors (random ones: an init at load time must not overwrite them), same logits."""
+    import json
+
+    cfg = AutoConfig.from_pretrained(linattn_models.configs_path("linear_transformer", "tiny"), feature_map=feature_map,
+                                     tie_feature_map_qk=tie, normalize_attention=False, output_norm=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    names = [n for n, _ in model.named_parameters() if ".feature_map" in n]
+    want = [f"feature_map{s}.{p}" for s in ([""] if tie else ["_q", "_k"]) for p in ("weight", "bias")]
+    assert [n.split(".attn.")[1] for n in names if ".layers.0." in n] == want
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".feature_map" in n:
+                p.normal_(std=0.3)
+    model.save_pretrained(tmp_path)
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)
+    assert (saved["feature_map"], saved["tie_feature_map_qk"]) == (feature_map, tie)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert (loaded.config.feature_map, loaded.config.tie_feature_map_qk) == (feature_map, tie)
+    for n, t in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[n], t), n
+    x = torch.randint(0, cfg.vocab_size, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=0, atol=0)
+    # a config.json from before tie_feature_map_qk existed loads tied (the default), as it was saved
+    if tie:
+        del saved["tie_feature_map_qk"]
+        with open(tmp_path / "config.json", "w") as f:
+            json.dump(saved, f)
+        assert AutoModelForCausalLM.from_pretrained(tmp_path).config.tie_feature_map_qk is True

@@ -32,9 +32,9 @@ FLA_CONFIGS = {
     "retnet": dict(_COMMON, model_type="retnet", architectures=["RetNetForCausalLM"], expand_k=1.0, expand_v=2.0,
                    hidden_ratio=2, feature_map=None, attn_mode="chunk", use_short_conv=False, conv_size=4,
                    use_output_gate=True),
-    # fla's default feature map (elementwise_product) has no counterpart here: elu is the convertible baseline
     "linear_attn": dict(_COMMON, model_type="linear_attn", architectures=["LinearAttentionForCausalLM"],
-                        expand_k=1.0, expand_v=1.0, hidden_ratio=4, feature_map="elu", attn_mode="fused_chunk",
+                        expand_k=1.0, expand_v=1.0, hidden_ratio=4, feature_map="elementwise_product",
+                        attn_mode="fused_chunk",
                         tie_feature_map_qk=False, norm_q=False, norm_k=False, norm_feature_map=False),
 }
 
@@ -53,6 +53,13 @@ ATTN = {
 }
 TOP = {"model.embeddings.weight": "model.embed_tokens.weight", "model.norm.weight": "model.norm.weight",
        "lm_head.weight": "lm_head.weight"}
+# fla's learnable linear_attn feature maps (fla 0.6.0 modules/feature_map.py): nn.Linear(K, K) layers with bias,
+# one set shared by all heads, in attn.feature_map_q and attn.feature_map_k. Ours: per head, weight [H, K, N] and
+# bias [H, N] in attn.feature_map (tie_feature_map_qk=True) or attn.feature_map_q / attn.feature_map_k:
+#   hedgehog (fla softmax([2y, -2y]), ours softmax([y, -y])): layer -> weight[h] = 2 Wᵀ, bias[h] = 2 b
+#   elementwise_product (φ = (x W1ᵀ + b1) ⊙ (x W2ᵀ + b2)): layer1, layer2 -> weight[h] = [W1ᵀ | W2ᵀ],
+#       bias[h] = [b1 | b2]
+FLA_FEATURE_MAP_LAYERS = {"hedgehog": ("layer",), "elementwise_product": ("layer1", "layer2")}
 
 
 def expected_name(fla_type, fla_name):
@@ -60,6 +67,21 @@ def expected_name(fla_type, fla_name):
         return TOP[fla_name]
     _, _, i, rest = fla_name.split(".", 3)
     return f"model.layers.{i}." + {**LAYER, **ATTN[fla_type]}[rest]
+
+
+def expected_state(c, tensors):
+    """Our name -> expected tensor, for every fla tensor (feature maps transformed as in the table above)."""
+    out = {expected_name(c["model_type"], n): t for n, t in tensors.items() if ".feature_map_" not in n}
+    layers = FLA_FEATURE_MAP_LAYERS.get(c["feature_map"] if c["model_type"] == "linear_attn" else None, ())
+    scale = 2 if c["feature_map"] == "hedgehog" else 1
+    for i in range(L if layers else 0):
+        p = f"model.layers.{i}.attn."
+        ours = {"feature_map": "q"} if c["tie_feature_map_qk"] else {"feature_map_q": "q", "feature_map_k": "k"}
+        for our, qk in ours.items():
+            w = scale * torch.cat([tensors[f"{p}feature_map_{qk}.{n}.weight"].T for n in layers], dim=1)
+            b = scale * torch.cat([tensors[f"{p}feature_map_{qk}.{n}.bias"] for n in layers])
+            out[f"{p}{our}.weight"], out[f"{p}{our}.bias"] = w.expand(H, *w.shape), b.expand(H, *b.shape)
+    return out
 
 
 def fla_shapes(c):
@@ -78,10 +100,10 @@ def fla_shapes(c):
             attn.update({"q_conv1d.weight": (K, 1, 4), "k_conv1d.weight": (K, 1, 4), "v_conv1d.weight": (V, 1, 4)})
     if t == "linear_attn":
         attn["norm.weight"] = (V // H,)
-        if c["feature_map"] == "hedgehog":
+        for layer in FLA_FEATURE_MAP_LAYERS.get(c["feature_map"], ()):
             for qk in "qk":
-                attn[f"feature_map_{qk}.layer.weight"] = (K // H, K // H)
-                attn[f"feature_map_{qk}.layer.bias"] = (K // H,)
+                attn[f"feature_map_{qk}.{layer}.weight"] = (K // H, K // H)
+                attn[f"feature_map_{qk}.{layer}.bias"] = (K // H,)
     shapes = {"model.embeddings.weight": (VOCAB, D), "model.norm.weight": (D,)}
     if not c["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (VOCAB, D)
@@ -100,7 +122,7 @@ def write_fla(path, fla_type, tensors=None, shards=1, **overrides):
     if tensors is None:
         g = torch.Generator().manual_seed(0)
         tensors = {n: torch.randn(s, generator=g) * 0.1 for n, s in fla_shapes(c).items()}
-        if c["feature_map"] == "hedgehog":  # a tied q/k feature map (equal tensors)
+        if c.get("tie_feature_map_qk"):  # fla's tied q/k feature map: one module under both names (equal tensors)
             for n in [n for n in tensors if "feature_map_k" in n]:
                 tensors[n] = tensors[n.replace("feature_map_k", "feature_map_q")].clone()
     os.makedirs(path, exist_ok=True)
@@ -121,10 +143,9 @@ def write_fla(path, fla_type, tensors=None, shards=1, **overrides):
     return str(path), c, tensors
 
 
-def check_placed(fla_type, tensors, state):
-    for name, t in tensors.items():
-        ours = expected_name(fla_type, name)
-        assert torch.equal(state[ours].float(), t.float()), f"{name} did not land in {ours}"
+def check_placed(c, tensors, state):
+    for ours, t in expected_state(c, tensors).items():
+        assert torch.equal(state[ours].float(), t.float()), f"{ours} is not what the fla tensors give"
 
 
 @pytest.mark.parametrize("fla_type,our_class", [("gla", "GLAForCausalLM"), ("retnet", "RetNetForCausalLM"),
@@ -143,9 +164,12 @@ def test_convert_load_and_run(tmp_path, fla_type, our_class):
     assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (1, 2, None)
     with open(os.path.join(dst, "config.json")) as f:
         assert "auto_map" in json.load(f)
+    if fla_type == "linear_attn":  # fla's default: elementwise_product, separate q and k maps
+        assert (cfg.feature_map, cfg.tie_feature_map_qk, cfg.normalize_attention) == ("elementwise_product", False,
+                                                                                      False)
     state = model.state_dict()
-    check_placed(fla_type, tensors, state)
-    assert len({expected_name(fla_type, n) for n in tensors}) == len(state)  # nothing of ours left unfilled
+    check_placed(c, tensors, state)
+    assert set(expected_state(c, tensors)) == set(state)  # nothing of ours left unfilled
     with torch.no_grad():
         logits = model(torch.randint(0, VOCAB, (2, 12))).logits
     assert logits.shape == (2, 12, VOCAB) and torch.isfinite(logits).all()
@@ -157,7 +181,7 @@ def test_gla_variants(tmp_path, overrides):
     src, c, tensors = write_fla(tmp_path, "gla", **overrides)
     model = linattn_models.convert_fla(src)  # dst_dir=None: the model itself
     state = model.state_dict()
-    check_placed("gla", tensors, state)
+    check_placed(c, tensors, state)
     assert model.config.use_short_conv == c["use_short_conv"]
     if not c["elementwise_affine"]:  # fla's gate norm has no weight: ours gets ones
         assert torch.equal(state["model.layers.1.attn.g_norm.weight"], torch.ones(D // H))
@@ -166,21 +190,59 @@ def test_gla_variants(tmp_path, overrides):
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
 
-def test_linear_attn_hedgehog_and_normaliser(tmp_path):
-    with pytest.warns(UserWarning, match="1e-10"):  # fla's normaliser epsilon differs from ours: said, not hidden
-        src, _, tensors = write_fla(tmp_path / "a", "linear_attn", feature_map="hedgehog", norm_feature_map=True)
-        model = linattn_models.convert_fla(src)
-    assert model.config.feature_map == "hedgehog" and model.config.normalize_attention
-    fm = model.model.layers[0].attn.feature_map
-    W, b = (tensors[f"model.layers.0.attn.feature_map_q.layer.{p}"] for p in ("weight", "bias"))
+def fla_feature_map(kind, tensors, prefix, x):
+    """fla 0.6.0's map on x [..., H, K], from its formulas (one set of Linear layers shared by all heads)."""
+    def linear(n):
+        return x @ tensors[f"{prefix}.{n}.weight"].T + tensors[f"{prefix}.{n}.bias"]
+    if kind == "hedgehog":
+        y = 2 * linear("layer")
+        return torch.cat([y, -y], -1).softmax(-1)
+    return linear("layer1") * linear("layer2")
+
+
+@pytest.mark.parametrize("kind", ["elementwise_product", "hedgehog"])
+@pytest.mark.parametrize("tie", [False, True])
+def test_linear_attn_learnable_feature_maps(tmp_path, kind, tie):
+    src, c, tensors = write_fla(tmp_path, "linear_attn", feature_map=kind, tie_feature_map_qk=tie)
+    model = linattn_models.convert_fla(src)
+    assert (model.config.feature_map, model.config.tie_feature_map_qk) == (kind, tie)
+    check_placed(c, tensors, model.state_dict())
+    attn = model.model.layers[1].attn
     x = torch.randn(3, 5, H, D // H)
-    y = 2 * (x @ W.T + b)  # fla's hedgehog: softmax([2y, -2y]) of one Linear shared by the heads
-    torch.testing.assert_close(fm(x), torch.cat([y, -y], -1).softmax(-1))
-    # different q and k maps (fla's tie_feature_map_qk=False after training): ours has one map for both
-    tensors["model.layers.1.attn.feature_map_k.layer.weight"] += 1
-    src, _, _ = write_fla(tmp_path / "b", "linear_attn", tensors=tensors, feature_map="hedgehog")
-    with pytest.raises(ValueError, match="feature_map_k.*tie_feature_map_qk"):
+    for qk in "qk":
+        fm = attn.feature_map if tie else getattr(attn, f"feature_map_{qk}")
+        want = fla_feature_map(kind, tensors, f"model.layers.1.attn.feature_map_{qk}", x)
+        torch.testing.assert_close(fm(x), want)
+    if not tie:  # the converted q and k maps are really different
+        assert not torch.allclose(attn.feature_map_q(x), attn.feature_map_k(x))
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, VOCAB, (2, 12))).logits).all()
+
+
+def test_linear_attn_tied_feature_map_names(tmp_path):
+    """fla's tied map is one module under two names: a checkpoint may hold both (equal) or only one of them."""
+    _, c, tensors = write_fla(tmp_path / "a", "linear_attn", tie_feature_map_qk=True)
+    only_q = {n: t for n, t in tensors.items() if "feature_map_k" not in n}
+    src, _, _ = write_fla(tmp_path / "b", "linear_attn", tensors=only_q, tie_feature_map_qk=True)
+    check_placed(c, only_q, linattn_models.convert_fla(src).state_dict())
+    tensors["model.layers.1.attn.feature_map_k.layer2.bias"] += 1  # tied, yet different: refused, named
+    src, _, _ = write_fla(tmp_path / "c", "linear_attn", tensors=tensors, tie_feature_map_qk=True)
+    with pytest.raises(ValueError, match=r"feature_map_q\.layer2\.bias != .*feature_map_k.*tie_feature_map_qk"):
         linattn_models.convert_fla(src)
+    # untied, a map missing: named
+    _, _, tensors = write_fla(tmp_path / "d", "linear_attn")
+    del tensors["model.layers.0.attn.feature_map_k.layer1.weight"]
+    src, _, _ = write_fla(tmp_path / "d", "linear_attn", tensors=tensors)
+    with pytest.raises(ValueError, match=r"missing.*model\.layers\.0\.attn\.feature_map_k\.layer1\.weight"):
+        linattn_models.convert_fla(src)
+
+
+def test_linear_attn_normaliser_warns(tmp_path):
+    with pytest.warns(UserWarning, match="1e-10"):  # fla's normaliser epsilon differs from ours: said, not hidden
+        src, _, _ = write_fla(tmp_path, "linear_attn", feature_map="elu", norm_feature_map=True)
+        model = linattn_models.convert_fla(src)
+    assert model.config.feature_map == "elu" and model.config.normalize_attention
+    assert model.config.tie_feature_map_qk  # fla's tie_feature_map_qk=False means nothing for a map without weights
 
 
 @pytest.mark.parametrize("fla_type,field,value", [
@@ -188,7 +250,7 @@ def test_linear_attn_hedgehog_and_normaliser(tmp_path):
     ("gla", "num_kv_heads", 1), ("gla", "hidden_act", "powlu"), ("gla", "attn", {"layers": [1], "num_heads": 2}),
     ("gla", "attnres_block_size", 2), ("gla", "expand_k", 0.3), ("gla", "some_new_option", 1),
     ("retnet", "feature_map", "elu"), ("retnet", "use_output_gate", False),
-    ("linear_attn", "feature_map", "elementwise_product"), ("linear_attn", "feature_map", "t2r"),
+    ("linear_attn", "feature_map", "t2r"), ("linear_attn", "feature_map", "dpfp"),
     ("linear_attn", "norm_q", True), ("linear_attn", "norm_k", True)])
 def test_unconvertible_config_is_named(tmp_path, fla_type, field, value):
     _, _, tensors = write_fla(tmp_path, fla_type)
@@ -218,7 +280,7 @@ def test_sharded_checkpoint_and_dtype(tmp_path):
     dst = linattn_models.convert_fla(src, tmp_path / "ours", dtype="bf16")
     state = load_file(os.path.join(dst, "model.safetensors"))
     assert all(t.dtype == torch.bfloat16 for t in state.values())
-    check_placed("retnet", {k: v.bfloat16() for k, v in tensors.items()}, state)
+    check_placed(FLA_CONFIGS["retnet"], {k: v.bfloat16() for k, v in tensors.items()}, state)
     assert AutoModelForCausalLM.from_pretrained(dst).config.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         linattn_models.convert_fla(src, dtype="int8")

@@ -31,6 +31,7 @@ MIXERS = [
     ("linear", dict(feature_map="relu", normalize=False, output_norm=True)),
     ("linear", dict(feature_map="identity", normalize=False)),
     ("linear", dict(feature_map="hedgehog", normalize=True, use_short_conv=True)),
+    ("linear", dict(feature_map="elementwise_product", tie_feature_map_qk=False, normalize=False, output_norm=True)),
     ("retention", dict()),
     ("retention", dict(use_short_conv=True)),
     ("gla", dict()),
@@ -232,7 +233,7 @@ def test_norms_mlp_rotary():
     torch.testing.assert_close(rot(q, k, torch.zeros(1, 1, dtype=torch.long))[0], q)
 
 
-@pytest.mark.parametrize("name", ["elu", "relu", "identity", "hedgehog"])
+@pytest.mark.parametrize("name", ["elu", "relu", "identity", "hedgehog", "elementwise_product"])
 def test_feature_maps(name):
     fm = get_feature_map(name, 2, 4)
     x = torch.randn(3, 2, 4)
@@ -244,3 +245,63 @@ def test_feature_maps(name):
         torch.testing.assert_close(y.sum(-1), torch.ones(3, 2))
     with pytest.raises(ValueError, match="feature_map"):
         get_feature_map("softmax", 2, 4)
+
+
+def elementwise_product(fm, x):
+    """φ(x)_h = (x_h A_h + a_h) ⊙ (x_h B_h + b_h), per head h: A_h = weight[h, :, :K], B_h = weight[h, :, K:],
+    [a_h, b_h] = bias[h]."""
+    K = fm.head_dim
+    out = torch.empty_like(x)
+    for h in range(fm.num_heads):
+        W, b = fm.weight[h], fm.bias[h]
+        out[..., h, :] = (x[..., h, :] @ W[:, :K] + b[:K]) * (x[..., h, :] @ W[:, K:] + b[K:])
+    return out
+
+
+def test_elementwise_product_feature_map():
+    fm = get_feature_map("elementwise_product", 3, 4).double()
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    assert torch.equal(fm(x), x)  # starts as φ(x) = x (A = I, a = 0, B = 0, b = 1)
+    assert (fm.weight.shape, fm.bias.shape, fm.out_dim) == ((3, 4, 8), (3, 8), 4)
+    with torch.no_grad():
+        for p in fm.parameters():
+            p.normal_()
+    y = fm(x)
+    torch.testing.assert_close(y, elementwise_product(fm, x), rtol=1e-12, atol=1e-12)
+    assert (y < 0).any()  # sign-indefinite
+    assert not torch.allclose(y[..., 0, :], fm(x[..., [1, 0, 2], :])[..., 1, :])  # each head its own map
+    fm.reset_parameters()
+    assert torch.equal(fm(x), x)
+
+
+def test_untied_feature_maps_for_q_and_k():
+    """tie_feature_map_qk=False: φ_q on q, φ_k on k, each with its own parameters;
+    o_t = s Σ_{s≤t} (φ_q(q_t)·φ_k(k_s)) v_s, s = K^-1/2 (no normaliser)."""
+    m = make_mixer("linear", feature_map="elementwise_product", tie_feature_map_qk=False, normalize=False)
+    assert not hasattr(m, "feature_map") and m.feature_map_q.weight is not m.feature_map_k.weight
+    x = torch.randn(2, 30, D, dtype=torch.float64)
+    B, T, _ = x.shape
+    q = elementwise_product(m.feature_map_q, m.q_proj(x).view(B, T, H, 8))
+    k = elementwise_product(m.feature_map_k, m.k_proj(x).view(B, T, H, 8))
+    v = m.v_proj(x).view(B, T, H, 8)
+    A = torch.einsum("bihk,bjhk->bhij", q, k).tril() * 8 ** -0.5
+    want = m.o_proj(torch.einsum("bhij,bjhv->bihv", A, v).reshape(B, T, -1))
+    for mode in ("chunk", "recurrent"):
+        m.mode = mode
+        torch.testing.assert_close(run(m, x), want, rtol=1e-8, atol=1e-10)
+    m.feature_map_q, m.feature_map_k = m.feature_map_k, m.feature_map_q  # swapped maps: another output
+    assert not torch.allclose(run(m, x), want)
+    tied = LinearAttention(D, H, 8, 8, feature_map="hedgehog")  # tied: the one map of existing checkpoints
+    assert [n for n, _ in tied.named_parameters() if "feature" in n] == ["feature_map.weight", "feature_map.bias"]
+
+
+def test_feature_map_argument_errors():
+    from linattn_models import LinearTransformerConfig
+    with pytest.raises(ValueError, match="feature_map must be one of .*'elementwise_product'.*got 'softmax'"):
+        LinearAttention(D, H, 8, 8, feature_map="softmax")
+    with pytest.raises(ValueError, match="tie_feature_map_qk must be True or False, got 'no'"):
+        LinearAttention(D, H, 8, 8, tie_feature_map_qk="no")
+    with pytest.raises(ValueError, match="feature_map must be one of .*'hedgehog'.*got 't2r'"):
+        LinearTransformerConfig(feature_map="t2r")
+    with pytest.raises(ValueError, match="tie_feature_map_qk must be True or False, got 0"):
+        LinearTransformerConfig(tie_feature_map_qk=0)

@@ -58,7 +58,9 @@ _GENERIC = {"_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype"
             "is_encoder_decoder", "is_decoder", "id2label", "label2id", "problem_type", "tokenizer_class",
             "_commit_hash", "_attn_implementation_autoset", "torchscript", "use_bfloat16", "pruned_heads",
             "tie_encoder_decoder", "add_cross_attention"}
-LA_FEATURE_MAPS = ("elu", "relu", "identity", "hedgehog")  # fla names that ours computes identically
+# fla linear_attn feature maps that ours computes identically (same names); the learnable ones carry weights
+LA_FEATURE_MAPS = ("elu", "relu", "identity", "hedgehog", "elementwise_product")
+LEARNABLE_FEATURE_MAPS = ("hedgehog", "elementwise_product")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
                    "generation_config.json")
@@ -166,7 +168,10 @@ def our_config(c):
     elif fla_type == "retnet":
         kwargs.update(rope_theta=10000.0)  # fla's MultiScaleRetention: RotaryEmbedding(head_k_dim), base 10000
     else:  # fla's LinearAttentionBlock always builds the per-head output RMSNorm (output_norm='rmsnorm')
-        kwargs.update(feature_map=c["feature_map"], normalize_attention=bool(c["norm_feature_map"]), output_norm=True)
+        # tie_feature_map_qk only matters for maps with weights (fla builds its parameter-free maps either way)
+        tie = c["tie_feature_map_qk"] if c["feature_map"] in LEARNABLE_FEATURE_MAPS else True
+        kwargs.update(feature_map=c["feature_map"], tie_feature_map_qk=tie,
+                      normalize_attention=bool(c["norm_feature_map"]), output_norm=True)
     return CONFIGS[ARCHS[fla_type]](**kwargs)
 
 
@@ -225,10 +230,12 @@ def read_safetensors(src_dir):
 _ATTN_SOURCES = {
     "g_norm.weight": ("g_norm_swish_gate.weight", "g_norm.weight"),  # GLA, RetNet
     "o_norm.weight": ("norm.weight",),  # linear attention's per-head output norm
-    "feature_map.weight": ("feature_map_q.layer.weight", "feature_map_k.layer.weight"),  # hedgehog
-    "feature_map.bias": ("feature_map_q.layer.bias", "feature_map_k.layer.bias"),
 }
 _ATTN = re.compile(r"(model\.layers\.\d+\.attn\.)(.+)")
+# our learnable feature maps: tied `feature_map`, or untied `feature_map_q` / `feature_map_k`
+_FEATURE_MAP = re.compile(r"(model\.layers\.\d+\.attn\.)feature_map(_q|_k)?\.(weight|bias)")
+# fla's learnable maps hold nn.Linear(K, K) layers (with bias), one set shared by all heads, per q / k map
+_FLA_FEATURE_MAP_LAYERS = {"hedgehog": ("layer",), "elementwise_product": ("layer1", "layer2")}
 
 
 def _sources(name):
@@ -240,6 +247,14 @@ def _sources(name):
     return (name,)
 
 
+def _feature_map_sources(c, m):
+    """fla tensor names for our feature map parameter (match of _FEATURE_MAP): one tuple per fla Linear
+    layer, each holding the q and/or k names it may come from (tied: either, both must then be equal)."""
+    prefix, qk, part = m.groups()
+    maps = ("feature_map_q", "feature_map_k") if qk is None else ("feature_map" + qk,)
+    return [tuple(f"{prefix}{fm}.{layer}.{part}" for fm in maps) for layer in _FLA_FEATURE_MAP_LAYERS[c["feature_map"]]]
+
+
 def convert_state_dict(c, tensors, shapes):
     """Our state dict from fla's tensors. shapes: our parameter name -> shape (the target model's state dict).
 
@@ -248,12 +263,16 @@ def convert_state_dict(c, tensors, shapes):
     for name, shape in shapes.items():
         if name == "lm_head.weight" and c["tie_word_embeddings"]:
             continue  # tied to the embedding (fla does not save it; if it did, it must equal the embedding)
+        fm = _FEATURE_MAP.fullmatch(name)
+        if fm:
+            groups = _feature_map_sources(c, fm)
+            used.update(s for g in groups for s in g if s in tensors)
+            out[name] = _feature_map(c["feature_map"], name, groups, tensors, shape)
+            continue
         sources = _sources(name)
         found = [s for s in sources if s in tensors]
         used.update(found)
-        if name.endswith(("feature_map.weight", "feature_map.bias")):
-            out[name] = _hedgehog(name, found, tensors, shape)
-        elif len(found) > 1:
+        if len(found) > 1:
             raise ValueError(f"fla checkpoint holds both {' and '.join(found)}; expected one of them")
         elif found:
             out[name] = tensors[found[0]]
@@ -279,24 +298,33 @@ def convert_state_dict(c, tensors, shapes):
     return out
 
 
-def _hedgehog(name, found, tensors, shape):
-    """fla's hedgehog map: one Linear(K, K) shared by all heads, φ(x) = softmax([2y, -2y]), y = x Wᵀ + b, with
-    separate maps for q and k. Ours: per-head y = x W_h + b_h, φ = softmax([y, -y]), one map for q and k.
-    So W_h = 2 Wᵀ, b_h = 2 b for every head h, and fla's q and k maps must be equal."""
-    if not found:
-        raise ValueError(f"tensor(s) missing from the fla checkpoint: {' or '.join(_sources(name))}")
-    a = tensors[found[0]]
-    if len(found) == 2 and not torch.equal(a, tensors[found[1]]):
-        raise ValueError(f"fla's feature_map_q and feature_map_k differ ({found[0]} != {found[1]}; "
-                         f"tie_feature_map_qk=False): our linear transformer applies one feature map to q and k")
-    H = shape[0]
-    if name.endswith("weight"):
-        if a.ndim != 2 or (H, *a.T.shape) != shape:
-            raise ValueError(f"fla tensor {found[0]} has shape {tuple(a.shape)}; expected {shape[1:]}")
-        return (2 * a.T).expand(H, *a.T.shape).contiguous()
-    if (H, *a.shape) != shape:
-        raise ValueError(f"fla tensor {found[0]} has shape {tuple(a.shape)}; expected {shape[1:]}")
-    return (2 * a).expand(H, *a.shape).contiguous()
+def _feature_map(kind, name, groups, tensors, shape):
+    """Our per-head map parameter from fla's Linear(K, K) layers, which all heads share (y = x Wᵀ + b):
+      hedgehog: fla φ = softmax([2y, -2y]); ours φ = softmax([y', -y']), y' = x W_h + b_h: W_h = 2 Wᵀ, b_h = 2 b.
+      elementwise_product: fla φ = (x W1ᵀ + b1) ⊙ (x W2ᵀ + b2); ours holds both factors in one [K, 2K] weight,
+        W_h = [W1ᵀ | W2ᵀ], b_h = [b1 | b2].
+    For every head h. groups: per fla layer, the q and/or k names (tied ours: both of fla's maps, which must be
+    equal; an fla checkpoint of a tied model may hold only one of them)."""
+    part = name.rsplit(".", 1)[1]
+    K = shape[1] if part == "weight" else shape[1] // len(groups)  # weight [H, K, n K], bias [H, n K]
+    parts = []
+    for names in groups:
+        found = [n for n in names if n in tensors]
+        if not found:
+            raise ValueError(f"tensor(s) missing from the fla checkpoint: {' or '.join(names)}")
+        a = tensors[found[0]]
+        if len(found) == 2 and not torch.equal(a, tensors[found[1]]):
+            raise ValueError(f"fla's feature_map_q and feature_map_k differ ({found[0]} != {found[1]}) but the "
+                             f"config has tie_feature_map_qk=True: which one q and k share is undefined")
+        want = (K, K) if part == "weight" else (K,)
+        if tuple(a.shape) != want:
+            raise ValueError(f"fla tensor {found[0]} has shape {tuple(a.shape)}; expected {want} (for this config)")
+        parts.append(a.T if part == "weight" else a)
+    x = torch.cat(parts, dim=-1) * (2 if kind == "hedgehog" else 1)
+    if (shape[0], *x.shape) != shape:
+        raise ValueError(f"fla feature map {' / '.join(g[0] for g in groups)} gives {tuple(x.shape)} per head; "
+                         f"our {name} needs {shape[1:]}")
+    return x.expand(shape[0], *x.shape).contiguous()
 
 
 def _resolve_dtype(dtype, c, tensors):

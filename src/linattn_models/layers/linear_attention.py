@@ -6,6 +6,8 @@
 
 The normaliser z [B, H, K] is carried next to S [B, H, K, V] in the cache, so decoding token by token equals
 the parallel form. Optional output RMSNorm per head (advisable without the normaliser) and short conv on q/k/v.
+φ is one module for q and k (`feature_map`), or with tie_feature_map_qk=False two of the same kind,
+`feature_map_q` and `feature_map_k` (separately learnt; fla's default for its learnable maps).
 """
 import torch
 import torch.nn as nn
@@ -19,19 +21,31 @@ NORMALIZER_EPS = 1e-6
 
 class LinearAttention(TokenMixer):
     def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int, feature_map: str = "elu",
-                 normalize: bool = True, output_norm: bool = False, use_short_conv: bool = False,
-                 conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):
+                 tie_feature_map_qk: bool = True, normalize: bool = True, output_norm: bool = False,
+                 use_short_conv: bool = False, conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0,
+                 mode: str = "auto"):
         super().__init__(layer_idx, mode)
         self.init_qkv(hidden_size, num_heads, head_k_dim, head_v_dim, use_short_conv, conv_size)
         self.normalize = normalize
-        self.feature_map = get_feature_map(feature_map, num_heads, head_k_dim)
+        if not isinstance(tie_feature_map_qk, bool):
+            raise ValueError(f"tie_feature_map_qk must be True or False, got {tie_feature_map_qk!r}")
+        self.tie_feature_map_qk = tie_feature_map_qk
+        # tied keeps the parameter names `feature_map.*` of existing checkpoints
+        if tie_feature_map_qk:
+            self.feature_map = get_feature_map(feature_map, num_heads, head_k_dim)
+        else:
+            self.feature_map_q = get_feature_map(feature_map, num_heads, head_k_dim)
+            self.feature_map_k = get_feature_map(feature_map, num_heads, head_k_dim)
         self.o_norm = RMSNorm(head_v_dim, eps=norm_eps) if output_norm else None
         self.o_proj = nn.Linear(num_heads * head_v_dim, hidden_size, bias=False)
 
     def forward(self, x, cache=None, padding=None, positions=None):
         B, T, _ = x.shape
         q, k, v = self.project_qkv(x, cache, padding)
-        q, k = self.feature_map(q), self.feature_map(k)
+        if self.tie_feature_map_qk:
+            q, k = self.feature_map(q), self.feature_map(k)
+        else:
+            q, k = self.feature_map_q(q), self.feature_map_k(k)
         scale = q.shape[-1] ** -0.5
         o, state = attend(ops.linear_attention, q, k, v, initial_state=self.get_state(cache, "recurrent"),
                           output_final_state=cache is not None, padding=padding, mode=self.mode, scale=scale)

@@ -10,7 +10,8 @@ class LinearTransformerModel(LinAttnModel):
     @staticmethod
     def build_mixer(config, layer_idx):
         return LinearAttention(config.hidden_size, config.num_heads, config.head_k_dim, config.head_v_dim,
-                               feature_map=config.feature_map, normalize=config.normalize_attention,
+                               feature_map=config.feature_map, tie_feature_map_qk=config.tie_feature_map_qk,
+                               normalize=config.normalize_attention,
                                output_norm=config.output_norm, use_short_conv=config.use_short_conv,
                                conv_size=config.conv_size, norm_eps=config.rms_norm_eps, layer_idx=layer_idx,
                                mode=config.attn_mode)

@@ -7,8 +7,8 @@ separately, redrawn at scale 1/sqrt(fan-in), as fla's N(0, 0.02) init leaves the
 logits), save_pretrained, convert with linattn_models.convert_fla (fp32, and again with dtype="bf16"), load
 ours with AutoModelForCausalLM, then on cuda in fp32 and in bf16:
   - logits on a random prompt (--batch x --prompt-len): max|Δ| / max|logit| of ours vs fla;
-  - greedy decoding of --new-tokens tokens from the first row, ours with generate (cached) vs the argmax of fla's
-    full forwards: tokens equal, or the first mismatch with fla's top-2 logit gap there (a gap within 2x the
+  - greedy decoding of --new-tokens tokens from the first row, ours with generate (cached) vs fla's argmax after
+    each prefix of that sequence (one full forward): tokens equal, or the first mismatch with fla's top-2 logit gap there (a gap within 2x the
     logit tolerance is a near tie, explained by the logit error).
 fp32 runs with TRITON_F32_DEFAULT=ieee (fp32 dots in fp32, not tf32, in fla's kernels too) and TF32 off.
 Cases meant to be refused (expected "refused"; none at present) must raise ValueError. Prints a table;
@@ -70,25 +70,27 @@ def build_fla(fla_type, overrides, args):
 
 @torch.no_grad()
 def compare(fla_model, ours, prompt, args, tol):
-    """Logits and greedy tokens of ours vs fla (the reference). fla's tokens come from full forwards (no cache:
-    fla's own generate depends on the transformers version's cache naming); ours from generate (cached)."""
+    """Logits and greedy tokens of ours vs fla (the reference). Ours from generate (cached); fla's choices from
+    one full forward over our tokens (fla's own generate depends on the transformers version's cache naming)."""
     ref = fla_model(input_ids=prompt, use_cache=False).logits.float()
     out = ours(input_ids=prompt, use_cache=False).logits.float()
     res = {"logits_rel": max_rel(out, ref), "max_logit": ref.abs().max().item(),
            "finite": bool(torch.isfinite(out).all())}
-    x, n = prompt[:1], args.new_tokens
-    ours.generation_config.eos_token_id = None  # exactly n tokens, as the reference loop below
+    n = args.new_tokens
+    x = prompt[:1, :prompt.shape[1] - n]  # prompt + new tokens = the logits check's length (fla tunes per length)
+    ours.generation_config.eos_token_id = None  # exactly n tokens
     mine = ours.generate(x, max_new_tokens=n, do_sample=False)[0, x.shape[1]:].tolist()
+    # fla's greedy choice after each prefix of our sequence, from ONE full forward (teacher forcing): equal at
+    # every position <=> the greedy sequences are equal. One call, because fla autotunes per new length.
+    full = torch.cat([x, x.new_tensor([mine])], dim=1)
+    logits = fla_model(input_ids=full, use_cache=False).logits[0, x.shape[1] - 1:-1].float()
     res["tokens_equal"] = f"{n}/{n}"
     for i in range(n):
-        logits = fla_model(input_ids=x, use_cache=False).logits[0, -1].float()
-        token = logits.argmax().item()
-        if i >= len(mine) or mine[i] != token:
-            top2 = logits.topk(2).values
-            gap = (top2[0] - top2[1]).item() / logits.abs().max().item()
+        if logits[i].argmax().item() != mine[i]:
+            top2 = logits[i].topk(2).values
+            gap = (top2[0] - top2[1]).item() / logits[i].abs().max().item()
             res.update(tokens_equal=None, first_mismatch=i, top2_gap_rel=gap, near_tie=gap <= 2 * tol)
             break
-        x = torch.cat([x, x.new_tensor([[token]])], dim=1)
     res["ok"] = res["finite"] and res["logits_rel"] <= tol and res.get("near_tie", True)
     return res, ref, out
 

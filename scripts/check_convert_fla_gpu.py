@@ -56,6 +56,8 @@ def build_fla(fla_type, overrides, args):
 
     config_cls, model_cls = {"gla": (F.GLAConfig, F.GLAForCausalLM), "retnet": (F.RetNetConfig, F.RetNetForCausalLM),
                              "linear_attn": (F.LinearAttentionConfig, F.LinearAttentionForCausalLM)}[fla_type]
+    if args.fla_attn_mode:  # kernel choice only (the conversion ignores it): fla's chunk kernels autotune for minutes
+        overrides = dict(overrides, attn_mode=args.fla_attn_mode)
     config = config_cls(hidden_size=args.hidden, num_hidden_layers=args.layers, vocab_size=args.vocab, **overrides)
     torch.manual_seed(args.seed)
     model = model_cls(config)
@@ -116,6 +118,8 @@ def run_case(name, args, tmp):
     prompt = torch.randint(0, args.vocab, (args.batch, args.prompt_len), generator=g).cuda()
     result, fp32_logits = {}, None
     for dtype, dst, tol in ((torch.float32, dst32, args.tol_fp32), (torch.bfloat16, dst16, args.tol_bf16)):
+        if str(dtype).split(".")[-1] not in args.dtypes.split(","):
+            continue
         fla_model = fla_model.to("cuda", dtype)
         ours = AutoModelForCausalLM.from_pretrained(dst, dtype=dtype).cuda().eval()
         if next(ours.parameters()).dtype != dtype:
@@ -140,6 +144,9 @@ def row(name, r):
         return f"| {name} | ok (refused) | {r['refused'][:100]} | | |"
     cells = []
     for dt in ("float32", "bfloat16"):
+        if dt not in r:
+            cells.append("-")
+            continue
         x = r[dt]
         gen = x["tokens_equal"] or (f"first mismatch @{x['first_mismatch']}, top-2 gap {x['top2_gap_rel']:.1e}"
                                     + (" (near tie)" if x["near_tie"] else ""))
@@ -162,6 +169,9 @@ def main():
     parser.add_argument("--tol-fp32", type=float, default=1e-3, help="max |Δ logit| / max |logit|, fp32")
     parser.add_argument("--tol-bf16", type=float, default=5e-2, help="the same in bf16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fla-attn-mode", default=None, help="fla's kernel choice, e.g. fused_recurrent (fla's "
+                        "chunk kernels autotune per length for minutes on a fresh machine)")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
     parser.add_argument("--json", default=os.path.join(os.environ["OUT"], "check_convert_fla_gpu.json")
                         if os.environ.get("OUT") else None)
     args = parser.parse_args()

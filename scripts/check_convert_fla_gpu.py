@@ -97,6 +97,14 @@ def compare(fla_model, ours, prompt, args, tol):
     return res, ref, out
 
 
+def bf16_ok(res, ratio):
+    """bf16: these random models are ill-conditioned in bf16 (fla's own bf16 logits differ from its fp32 ones by
+    0.07-0.25 of the max logit, 2026-11-26 run), so ours passes when its bf16 error against fla's fp32 logits is
+    at most `ratio` times fla's own (+0.01), and any greedy mismatch is a near tie."""
+    return (res["finite"] and res["ours_bf16_vs_fp32"] <= ratio * res["fla_bf16_vs_fp32"] + 0.01
+            and res.get("near_tie", True))
+
+
 def run_case(name, args, tmp):
     from transformers import AutoModelForCausalLM
 
@@ -130,6 +138,7 @@ def run_case(name, args, tmp):
         else:  # each model's own bf16 error, against fla's fp32 logits: ours should not be worse than fla's
             res["fla_bf16_vs_fp32"] = max_rel(ref, fp32_logits)
             res["ours_bf16_vs_fp32"] = max_rel(out, fp32_logits)
+            res["ok"] = bf16_ok(res, args.bf16_ratio)
         result[str(dtype).split(".")[-1]] = res
         del ours, ref, out
         torch.cuda.empty_cache()
@@ -167,7 +176,10 @@ def main():
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--tol-fp32", type=float, default=1e-3, help="max |Δ logit| / max |logit|, fp32")
-    parser.add_argument("--tol-bf16", type=float, default=5e-2, help="the same in bf16")
+    parser.add_argument("--tol-bf16", type=float, default=5e-2, help="bf16 near-tie scale for greedy mismatches "
+                        "(bf16 logits are judged against fla's own bf16 error: --bf16-ratio)")
+    parser.add_argument("--bf16-ratio", type=float, default=1.5,
+                        help="bf16: ours vs fla-fp32 error at most this times fla-bf16 vs fla-fp32 (+0.01)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fla-attn-mode", default=None, help="fla's kernel choice, e.g. fused_recurrent (fla's "
                         "chunk kernels autotune per length for minutes on a fresh machine)")

@@ -4,7 +4,9 @@ Layout [B, T, H, K] for q, k and gates, [B, T, H, V] for v; states [N, H, K, V] 
 log decays (<= 0). Every op returns (o, final_state) with final_state None unless output_final_state=True.
 Packed variable-length batches: B == 1 and cu_seqlens [N+1] (int) marks the N sequences.
 """
+import contextlib
 import math
+import threading
 
 import torch
 
@@ -15,6 +17,22 @@ from .validate import check_inputs
 # Below this many tokens, mode="auto" runs the recurrent form (decoding, short prompts).
 RECURRENT_MAX_T = 32
 NORMALIZER_EPS = 1e-6
+_in_place = threading.local()
+
+
+@contextlib.contextmanager
+def final_state_in_place():
+    """Inside this block (this thread), a no-grad Triton call in recurrent mode without cu_seqlens writes its
+    final state into `initial_state` and returns that very buffer (when it is fp32 and contiguous), instead of
+    allocating a new one. Used by the CUDA-graph decode step, which keeps every state in a fixed buffer: it saves
+    reading and writing the state once more per token. Safe in the kernel because each program reads its own
+    state tile first and writes the same tile last. The caller must not need the old state afterwards."""
+    before = getattr(_in_place, "on", False)
+    _in_place.on = True
+    try:
+        yield
+    finally:
+        _in_place.on = before
 
 
 def retention_log_decays(num_heads, device=None, dtype=torch.float32):
@@ -37,7 +55,8 @@ def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens,
     if mode == "auto":
         mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
     if resolve_backend(backend, q.device) == "triton":
-        return triton_ops().run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode)
+        return triton_ops().run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode,
+                                       in_place=getattr(_in_place, "on", False))
     if gate == "head":
         g = g.view(1, 1, -1).expand(q.shape[:3])
     return run_torch(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, mode)

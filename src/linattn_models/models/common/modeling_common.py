@@ -20,11 +20,12 @@ from transformers.utils import logging
 
 from ...layers import Padding, TokenMixer
 from ...layers.common import ATTN_MODES
-from ...modules import GatedMLP, HedgehogFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
+from ...modules import GatedMLP, LearnableFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
 from ...ops.validate import values_checked
 from .cache import LinearAttentionCache
 from .compat import CACHE_OUTPUT_NAME
 from .configuration_common import LinAttnConfig
+from .decode_graph import DecodeGraphs, ineligible
 
 logger = logging.get_logger(__name__)
 
@@ -127,9 +128,9 @@ class LinAttnPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, HedgehogFeatureMap):
-            init.copy_(module.weight, torch.eye(module.head_dim).expand_as(module.weight))
-            init.zeros_(module.bias)
+        elif isinstance(module, LearnableFeatureMap):  # hedgehog, elementwise_product: their own start values
+            for name, value in module.initial_parameters().items():
+                init.copy_(getattr(module, name), value)
 
     def set_attn_mode(self, mode):
         """Force "chunk" or "recurrent" in every mixer ("auto": by length); also sets config.attn_mode."""
@@ -238,6 +239,11 @@ class LinAttnModel(LinAttnPreTrainedModel):
 
 
 class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
+    """Causal LM head. On CUDA, one-token decode steps with a populated cache (what `generate` runs after the
+    prompt) replay a captured CUDA graph (decode_graph.py): model.enable_decode_graph(False) or
+    LINATTN_DECODE_GRAPH=0 turns that off; graphs are dropped on .to()/.half()/..., on train() and by
+    reset_decode_graphs() (call it after replacing parameter tensors, e.g. load_state_dict(assign=True))."""
+
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     _base_model_class = LinAttnModel
 
@@ -246,7 +252,41 @@ class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
         self.model = self._base_model_class(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decode_graph_enabled = True
+        self._decode_graphs = DecodeGraphs()
         self.post_init()
+
+    # --- CUDA-graph decode step ----------------------------------------------------------------------------------
+    def enable_decode_graph(self, enabled=True):
+        """Use (default) or not a captured CUDA graph for one-token decode steps; False also drops the graphs."""
+        self.decode_graph_enabled = bool(enabled)
+        if not enabled:
+            self.reset_decode_graphs()
+        return self
+
+    def reset_decode_graphs(self):
+        """Drop the captured decode graphs (and their memory); the next eligible step captures again."""
+        graphs = self.__dict__.get("_decode_graphs")
+        if graphs is not None:
+            graphs.reset()
+
+    def decode_graph_ineligible(self, input_ids=None, **kwargs):
+        """Why a forward call with these arguments would not use a decode graph (None: it would)."""
+        return ineligible(self, input_ids=input_ids, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half(), ... may move or recast parameters that captured graphs point at
+        self.reset_decode_graphs()
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode=True):
+        if mode:
+            self.reset_decode_graphs()
+        return super().train(mode)
+
+    def set_attn_mode(self, mode):
+        self.reset_decode_graphs()  # the mode is baked into a captured step
+        super().set_attn_mode(mode)
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -267,8 +307,17 @@ class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
         kwargs (num_items_in_batch, ignore_index) go to the loss. logits_to_keep: int (last n positions, 0 =
         all) or an index tensor."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = resolve_cache(cache, past_key_values, cache_params)
+        if cache is not None and input_ids is not None and input_ids.is_cuda and ineligible(
+                self, input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+                labels=labels, output_hidden_states=output_hidden_states, attention_mask=attention_mask,
+                position_ids=position_ids, logits_to_keep=logits_to_keep) is None:
+            logits = self._decode_graphs.step(self, input_ids, cache, position_ids)
+            if logits is not None:
+                result = _output(CausalLMOutputWithPast, logits=logits, cache=cache)
+                return result if return_dict else result.to_tuple()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         cache=resolve_cache(cache, past_key_values, cache_params), inputs_embeds=inputs_embeds,
+                         cache=cache, inputs_embeds=inputs_embeds,
                          use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True)
         hidden_states = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

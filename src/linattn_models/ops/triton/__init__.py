@@ -179,10 +179,16 @@ class _Problem:
             **self.launch)
         return o, ht
 
-    def recurrent_forward(self, h0, want_final):
+    def recurrent_forward(self, h0, want_final, in_place=False):
+        """in_place: write the final state into h0 (each program reads its state tile once, first, and writes
+        the same tile last, so no program sees another's update)."""
         c = self.cfg
         o = _new((self.TT, self.H, self.V), self.dtype, self.device)
-        ht = _new((self.N, self.H, self.K, self.V), torch.float32, self.device) if want_final else None
+        ht = None
+        if in_place:
+            ht = h0
+        elif want_final:
+            ht = _new((self.N, self.H, self.K, self.V), torch.float32, self.device)
         recurrent_kernel[(_cdiv(self.V, c["BV_rec"]), self.N * self.H)](
             self.q, self.k, self.v, self.g if self.g is not None else self.dummy, self.g_head,
             h0 if h0 is not None else self.dummy, o, ht if ht is not None else self.dummy, self.cu, self.scale,
@@ -260,11 +266,12 @@ class _GatedLinearAttention(torch.autograd.Function):
         return dq, dk, dv, dg, dh0, None, None, None, None, None
 
 
-def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode):
+def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, in_place=False):
     """Gated linear attention through the Triton kernels; see ops/api.py. Returns (o in q.dtype, state or None).
 
     gate: "none" (g None), "head" (g [H] float32 log decays), "scalar" (g [B, T, H]), "vector" (g [B, T, H, K]).
     mode: "chunk" or "recurrent" (same function; the recurrent one suits decoding).
+    in_place: see ops.api.final_state_in_place; honoured only where it is safe (else ignored).
     """
     if q.dtype == torch.float64:
         raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
@@ -280,6 +287,11 @@ def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_se
         if initial_state is not None:
             return o, initial_state.float() + 0.0
         return o, torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device)
+    if (in_place and mode == "recurrent" and cu_seqlens is None and output_final_state and initial_state is not None
+            and initial_state.dtype == torch.float32 and initial_state.is_contiguous() and not torch.is_grad_enabled()):
+        # no autograd node (grad is off): Function.apply would hand back a view, not the buffer itself
+        o, ht = _Problem(q, k, v, g, gate, scale, None).recurrent_forward(initial_state, True, in_place=True)
+        return o.view(v.shape[:3] + (v.shape[-1],)), ht
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
     return _GatedLinearAttention.apply(q, k, v, g, initial_state, scale, gate, cu_seqlens, mode,

@@ -22,6 +22,7 @@ near tie, not a failure (a randomly initialised model has very flat logits).
     PYTHONPATH=src python scripts/check_models_gpu.py --archs gla --prompt-len 4096
 """
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -52,21 +53,27 @@ def norm_rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-@torch.no_grad()
-def fp64_logits(model, prompt):
-    """The model's logits in float64 through the torch backend (the kernels have no float64 path)."""
+@contextlib.contextmanager
+def backend(name):
+    """Run the ops with this backend inside the block (LINATTN_BACKEND), restoring the old setting after."""
     old = os.environ.get("LINATTN_BACKEND")
-    os.environ["LINATTN_BACKEND"] = "torch"
+    os.environ["LINATTN_BACKEND"] = name
     try:
-        m = copy.deepcopy(model).double()
-        m.set_attn_mode("chunk")
-        return m(prompt, use_cache=False).logits
+        yield
     finally:
-        del m
         if old is None:
             os.environ.pop("LINATTN_BACKEND")
         else:
             os.environ["LINATTN_BACKEND"] = old
+
+
+@torch.no_grad()
+def fp64_logits(model, prompt):
+    """The model's logits in float64 through the torch backend (the kernels have no float64 path)."""
+    m = copy.deepcopy(model).double()
+    m.set_attn_mode("chunk")
+    with backend("torch"):
+        return m(prompt, use_cache=False).logits
 
 
 def train(model, args, device, vocab):

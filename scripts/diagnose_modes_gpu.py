@@ -17,6 +17,7 @@ model's conditioning in bf16, not a kernel bug.
     PYTHONPATH=src python scripts/diagnose_modes_gpu.py --archs retnet gla linear_transformer
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -34,7 +35,7 @@ import linattn_models  # noqa: E402
 from linattn_models import ops  # noqa: E402
 from linattn_models.layers import gla as gla_layer, linear_attention as la_layer, retention as ret_layer  # noqa: E402
 from linattn_models.ops.reference import run_torch  # noqa: E402
-from check_models_gpu import train  # noqa: E402
+from check_models_gpu import backend, train  # noqa: E402
 
 LAYER_MODULES = (gla_layer, la_layer, ret_layer)
 ORIG_ATTEND = {m: m.attend for m in LAYER_MODULES}
@@ -61,21 +62,12 @@ def unpatch():
 
 
 @torch.no_grad()
-def logits_of(model, prompt, mode, backend=None):
-    old = os.environ.get("LINATTN_BACKEND")
-    if backend:
-        os.environ["LINATTN_BACKEND"] = backend
-    try:
-        model.set_attn_mode(mode)
+def logits_of(model, prompt, mode, backend_name=None):
+    model.set_attn_mode(mode)
+    with backend(backend_name) if backend_name else contextlib.nullcontext():
         out = model(prompt, use_cache=False).logits.double()
-        model.set_attn_mode("auto")
-        return out
-    finally:
-        if backend:
-            if old is None:
-                os.environ.pop("LINATTN_BACKEND")
-            else:
-                os.environ["LINATTN_BACKEND"] = old
+    model.set_attn_mode("auto")
+    return out
 
 
 @torch.no_grad()
@@ -199,7 +191,7 @@ def main():
             g = torch.Generator(device="cpu").manual_seed(1)
             prompt = torch.randint(3, cfg.vocab_size, (1, args.prompt_len), generator=g).to(device)
             print(f"\n== {arch} after {steps} steps (losses {' '.join(f'{x:.3f}' for x in losses)})", flush=True)
-            ref = logits_of(copy.deepcopy(model).double(), prompt, "chunk", backend="torch")
+            ref = logits_of(copy.deepcopy(model).double(), prompt, "chunk", backend_name="torch")
             row = dict(arch=arch, steps=steps, losses=losses)
             for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                 m = model if dt == torch.float32 else copy.deepcopy(model).to(dt)

@@ -213,6 +213,23 @@ def test_attend_packed_equals_rows():
     assert o[0, :2].abs().max() == 0
 
 
+@pytest.mark.parametrize("dtype,weight_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                                (torch.float16, torch.float16), (torch.bfloat16, torch.float32)])
+def test_rmsnorm_dtypes_against_float64(dtype, weight_dtype):
+    """Matching dtypes take torch's fused rms_norm, mixed ones the float32 path: both the float64 formula, rounded
+    once (relative error within a few units of the output dtype's last place)."""
+    x = torch.randn(4, 7, 64, dtype=torch.float64) * 3
+    n = RMSNorm(64)
+    with torch.no_grad():
+        n.weight.normal_()
+    n = n.to(weight_dtype)
+    ref = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * n.weight.double()
+    got = n(x.to(dtype))
+    assert got.dtype == dtype
+    ulp = torch.finfo(dtype).eps
+    assert ((got.double() - ref).abs() / ref.abs().clamp_min(1e-3)).max() < 4 * ulp + 1e-6
+
+
 def test_norms_mlp_rotary():
     x = torch.randn(3, 5, 8, dtype=torch.float64)
     n = RMSNorm(8).double()

@@ -133,6 +133,21 @@ def test_linear_normalize():
     assert torch.allclose(o2[:, 20:], o3, atol=1e-10) and torch.allclose(o2[:, :20], o[:, :20], atol=1e-10)
 
 
+def test_normalizer_carried_in_pieces():
+    """normalize_linear_attention with z0 from the previous piece equals one call (the layer's decode path)."""
+    q, k, v, _, _ = make_inputs("linear", 2, 40, 2, 8, 8)
+    q, k = F.elu(q) + 1, F.elu(k) + 1
+    o, _ = ops.linear_attention(q, k, v)
+    full, z_full = ops.normalize_linear_attention(o, q, k, 8 ** -0.5)
+    a, z = ops.normalize_linear_attention(o[:, :13], q[:, :13], k[:, :13], 8 ** -0.5)
+    b, z = ops.normalize_linear_attention(o[:, 13:], q[:, 13:], k[:, 13:], 8 ** -0.5, z0=z)
+    torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z, k.sum(1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(z_full, z)
+    with pytest.raises(ValueError, match="z0 cannot be combined with cu_seqlens"):
+        ops.normalize_linear_attention(o, q, k, 1.0, z0=z, cu_seqlens=torch.tensor([0, 40]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
     q, k, v, g, h0 = make_inputs("gla", 1, 80, 2, 32, 32, strength=1.0)

@@ -35,7 +35,8 @@ def _inputs(family, dtype, device, T, H, K, V, cu_seqlens, seed):
 def _run(family, x, dtype, mode, backend, cu):
     """Output, final state and gradients of a fixed random loss, with x cast to dtype (states stay fp32/fp64)."""
     from . import ops
-    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    from .ops.reference import compute_dtype
+    state_dtype = compute_dtype(dtype)
     leaves = {n: t.to(state_dtype if n == "initial_state" else dtype).detach().clone().requires_grad_(True)
               for n, t in x.items()}
     args = [leaves["q"], leaves["k"], leaves["v"]] + ([leaves["g"]] if "g" in leaves else [])

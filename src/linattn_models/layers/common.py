@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..modules import ShortConvolution
+from ..ops.reference import compute_dtype
 
 ATTN_MODES = ("auto", "chunk", "recurrent")
 
@@ -60,7 +61,7 @@ def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, pa
         if not output_final_state:
             return o, None
         if initial_state is None:
-            dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+            dt = compute_dtype(q)
             initial_state = q.new_zeros(B, H, q.shape[-1], V, dtype=dt)
         return o, initial_state
 

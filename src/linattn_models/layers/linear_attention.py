@@ -16,8 +16,6 @@ from .. import ops
 from ..modules import RMSNorm, get_feature_map
 from .common import TokenMixer, attend
 
-NORMALIZER_EPS = 1e-6
-
 
 class LinearAttention(TokenMixer):
     def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int, feature_map: str = "elu",
@@ -57,16 +55,10 @@ class LinearAttention(TokenMixer):
         return self.o_proj(o.reshape(B, T, -1))
 
     def _normalize(self, o, q, k, cache, padding, scale):
-        """Divide by s · q_t · z_t, z_t = z_0 + Σ_{s≤t} k_s over real tokens (fp32; fp64 for fp64 inputs)."""
-        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
-        kf = k.to(dt)
+        """Divide by s · q_t · z_t, z_t = z_0 + Σ_{s≤t} k_s over real tokens; z_T goes to the cache."""
         if padding is not None:
-            kf = kf * padding.mask[..., None, None].to(dt)
-        z = kf.cumsum(1)
-        z0 = self.get_state(cache, "normalizer")
-        if z0 is not None:
-            z = z + z0.to(dt)[:, None]
+            k = k * padding.mask[..., None, None].to(k.dtype)
+        o, z = ops.normalize_linear_attention(o, q, k, scale, z0=self.get_state(cache, "normalizer"))
         if cache is not None:
-            self.set_state(cache, "normalizer", z[:, -1] if z.shape[1] else z0)
-        den = scale * (q.to(dt) * z).sum(-1, keepdim=True)
-        return (o.to(dt) / (den + NORMALIZER_EPS)).to(o.dtype)
+            self.set_state(cache, "normalizer", z)
+        return o

@@ -1,11 +1,13 @@
-"""RMSNorm and its gated variant (norm(x) * swish(gate)), computed in float32 and cast back."""
+"""RMSNorm and its gated variant (norm(x) * swish(gate)), computed in float32 (float64 for float64) and cast back."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.reference import compute_dtype
+
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, over the last dimension (float32 inside)."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, over the last dimension (float32 inside, float64 for float64)."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True):
         super().__init__()
@@ -14,10 +16,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
 
     def _norm(self, x):
-        xf = x.float()
+        xf = x.to(compute_dtype(x))
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
-            y = y * self.weight.float()
+            y = y * self.weight.to(xf.dtype)
         return y
 
     def forward(self, x):
@@ -37,4 +39,4 @@ class GatedRMSNorm(RMSNorm):
     x is [..., H, D] and hidden_size == D."""
 
     def forward(self, x, gate):
-        return (self._norm(x) * F.silu(gate.float())).to(x.dtype)
+        return (self._norm(x) * F.silu(gate.to(compute_dtype(x)))).to(x.dtype)

@@ -8,6 +8,8 @@ meta-device construction (from_pretrained) the model's _init_weights refills it 
 import torch
 import torch.nn as nn
 
+from ..ops.reference import compute_dtype
+
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int, base: float = 10000.0):
@@ -22,7 +24,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, q, k, positions):
         """q, k: [B, T, H, D]; positions: [B, T] (int). Returns the rotated (q, k) in their dtypes."""
-        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        dt = compute_dtype(q)
         inv_freq = self.inv_freq
         if inv_freq.dtype not in (torch.float32, torch.float64):  # model.to(bf16) cast the buffer: recompute
             inv_freq = self.compute_inv_freq(q.device)

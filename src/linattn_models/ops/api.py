@@ -11,7 +11,7 @@ import threading
 import torch
 
 from .dispatch import resolve_backend, triton_ops
-from .reference import run_torch
+from .reference import compute_dtype, run_torch
 from .validate import check_inputs
 
 # Below this many tokens, mode="auto" runs the recurrent form (decoding, short prompts).
@@ -76,9 +76,25 @@ def linear_attention(q, k, v, normalize=False, scale=None, initial_state=None, o
                          "append a ones column to v and divide by it instead")
     o, state = _run(q, k, v, None, "none", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
     if normalize:
-        z = (q.float() * _cumsum_per_sequence(k.float(), cu_seqlens)).sum(-1, keepdim=True) * _resolve_scale(q, scale)
-        o = (o.float() / (z + NORMALIZER_EPS)).to(q.dtype)
+        o, _ = normalize_linear_attention(o, q, k, _resolve_scale(q, scale), cu_seqlens=cu_seqlens)
     return o, state
+
+
+def normalize_linear_attention(o, q, k, scale, z0=None, cu_seqlens=None):
+    """The normaliser of linear attention: o_t / (scale · q_t · z_t + eps), z_t = z0 + Σ_{s≤t} k_s per sequence.
+
+    Computed in float32 (float64 for float64 inputs). z0: [B, H, K] running key sums from earlier tokens (rows of
+    a padded batch; not with cu_seqlens). Zero the keys of pad tokens first. Returns (o in o's dtype, the last
+    z_t of each row [B, H, K] (z0 when T == 0), or None when cu_seqlens is given)."""
+    dt = compute_dtype(q)
+    z = _cumsum_per_sequence(k.to(dt), cu_seqlens)
+    if z0 is not None:
+        if cu_seqlens is not None:
+            raise ValueError("normalize_linear_attention: z0 cannot be combined with cu_seqlens")
+        z = z + z0.to(dt)[:, None]
+    den = scale * (q.to(dt) * z).sum(-1, keepdim=True)
+    last = None if cu_seqlens is not None else (z[:, -1] if z.shape[1] else z0)
+    return (o.to(dt) / (den + NORMALIZER_EPS)).to(o.dtype), last
 
 
 def _cumsum_per_sequence(x, cu_seqlens):
@@ -97,7 +113,7 @@ def retention(q, k, v, scale=None, initial_state=None, output_final_state=False,
     """Multi-scale retention (RetNet): fixed decay 1 - 2^(-5-h) for head h = 0..H-1."""
     check_inputs(q, k, v, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
     # fp64 decays for fp64 inputs, so the reference is exact; the kernels take them as fp32.
-    g = retention_log_decays(q.shape[2], q.device, torch.float64 if q.dtype == torch.float64 else torch.float32)
+    g = retention_log_decays(q.shape[2], q.device, compute_dtype(q))
     return _run(q, k, v, g, "head", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
 
 

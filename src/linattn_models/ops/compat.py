@@ -7,6 +7,7 @@ order and [B, T, H, K] layout, same (o, final_state) return. Arguments fla has t
 import torch
 
 from .api import _run, linear_attention, retention
+from .reference import compute_dtype
 from .validate import check_inputs
 
 
@@ -42,7 +43,7 @@ def _scalar_or_gamma(q, k, v, g, g_gamma, scale, initial_state, output_final_sta
             raise ValueError(f"g_gamma must be on q's device {q.device}, got {g_gamma.device}")
         if g_gamma.device.type == "cpu" and (g_gamma > 0).any():
             raise ValueError("g_gamma holds log decays and must be <= 0")
-        gate, g = "head", g_gamma.to(torch.float64 if q.dtype == torch.float64 else torch.float32)
+        gate, g = "head", g_gamma.to(compute_dtype(q))
     return _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, None)
 
 

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 
-def _compute_dtype(x):
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def compute_dtype(x):
+    """The dtype to accumulate in for a tensor (or dtype) x: float64 for float64 (exact references), else float32."""
+    dtype = x if isinstance(x, torch.dtype) else x.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _per_sequence(fn, q, k, v, g, scale, initial_state, cu_seqlens):
@@ -36,11 +38,11 @@ def _per_sequence(fn, q, k, v, g, scale, initial_state, cu_seqlens):
 
 def _zero_state(q, v):
     B, _, H, K = q.shape
-    return q.new_zeros(B, H, K, v.shape[-1], dtype=_compute_dtype(q))
+    return q.new_zeros(B, H, K, v.shape[-1], dtype=compute_dtype(q))
 
 
 def _recurrent_dense(q, k, v, g, scale, h0):
-    dt = _compute_dtype(q)
+    dt = compute_dtype(q)
     S = _zero_state(q, v) if h0 is None else h0.to(dt)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     outs = []
@@ -57,7 +59,7 @@ def _recurrent_dense(q, k, v, g, scale, h0):
 def _chunked_dense(q, k, v, g, scale, h0, chunk_size=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dt = _compute_dtype(q)
+    dt = compute_dtype(q)
     vector = g is not None and g.ndim == 4
     # The vector gate's intra-chunk factor is [C, C, K] per chunk: keep C small so it stays cheap.
     C = chunk_size or (16 if vector else 64)

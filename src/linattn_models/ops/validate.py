@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from .reference import compute_dtype
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -68,7 +70,7 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
         want = (N, H, K, v.shape[3])
         if tuple(initial_state.shape) != want:
             raise ValueError(f"initial_state must have shape [N, H, K, V] = {want}, got {tuple(initial_state.shape)}")
-        want_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        want_dtype = compute_dtype(q)
         if initial_state.dtype != want_dtype:
             raise TypeError(f"initial_state must be {want_dtype} (states are kept in fp32, fp64 for fp64 inputs), "
                             f"got {initial_state.dtype}")

@@ -3,6 +3,11 @@ block sizes/warps (Triton 3.4-3.7.0 miscompiles some Hopper backward patterns: G
 
     PYTHONPATH=src python3 scripts/check_kernels_gpu.py --out $OUT              # everything (fla if importable)
     PYTHONPATH=src python3 scripts/check_kernels_gpu.py --sections correct,sweep
+    PYTHONPATH=src python3 scripts/check_kernels_gpu.py --sections long     # T=64K fwd+bwd; 1M tokens carried
+
+Sections (default first_call,correct,sweep,timing; 'long' on request, it takes minutes):
+first_call (fresh processes, cold Triton cache), correct (shapes incl. K != V, varlen, recurrent, decode),
+sweep (block sizes/warps), timing (vs fla), long (64K vs float64; a 1M-token state carried in uneven pieces).
 
 Relative error ‖x − ref‖/‖ref‖ of o, final state, dq, dk, dv, dg, dh0 (a random loss on o and the final state):
 fp32 ≤ 1e-4 (ieee dots), tf32 ≤ 5e-3, bf16 ≤ 1e-2; never NaN. Outputs are NaN-poisoned (LINATTN_TRITON_POISON=1)

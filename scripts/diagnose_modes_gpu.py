@@ -17,7 +17,6 @@ model's conditioning in bf16, not a kernel bug.
     PYTHONPATH=src python scripts/diagnose_modes_gpu.py --archs retnet gla linear_transformer
 """
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -35,7 +34,7 @@ import linattn_models  # noqa: E402
 from linattn_models import ops  # noqa: E402
 from linattn_models.layers import gla as gla_layer, linear_attention as la_layer, retention as ret_layer  # noqa: E402
 from linattn_models.ops.reference import run_torch  # noqa: E402
-from check_models_gpu import backend, train  # noqa: E402
+from check_models_gpu import fp64_logits, train  # noqa: E402
 
 LAYER_MODULES = (gla_layer, la_layer, ret_layer)
 ORIG_ATTEND = {m: m.attend for m in LAYER_MODULES}
@@ -62,10 +61,9 @@ def unpatch():
 
 
 @torch.no_grad()
-def logits_of(model, prompt, mode, backend_name=None):
+def logits_of(model, prompt, mode):
     model.set_attn_mode(mode)
-    with backend(backend_name) if backend_name else contextlib.nullcontext():
-        out = model(prompt, use_cache=False).logits.double()
+    out = model(prompt, use_cache=False).logits.double()
     model.set_attn_mode("auto")
     return out
 
@@ -191,7 +189,7 @@ def main():
             g = torch.Generator(device="cpu").manual_seed(1)
             prompt = torch.randint(3, cfg.vocab_size, (1, args.prompt_len), generator=g).to(device)
             print(f"\n== {arch} after {steps} steps (losses {' '.join(f'{x:.3f}' for x in losses)})", flush=True)
-            ref = logits_of(copy.deepcopy(model).double(), prompt, "chunk", backend_name="torch")
+            ref = fp64_logits(model, prompt)
             row = dict(arch=arch, steps=steps, losses=losses)
             for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                 m = model if dt == torch.float32 else copy.deepcopy(model).to(dt)

@@ -193,10 +193,7 @@ class _StepGraph:
         """Whether every tensor of `cache` already is this graph's buffer (the steady state: nothing to copy)."""
         if cache.positions is not self.positions or self.owner is None or self.owner() is not cache:
             return False
-        n = 0
-        for layer in cache.layers:
-            n += len(layer.states)
-        if n != len(self.states):
+        if sum(len(layer.states) for layer in cache.layers) != len(self.states):
             return False
         layers = cache.layers
         return all(layers[i].states.get(name) is buf for (i, name), buf in self.states.items())

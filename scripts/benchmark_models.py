@@ -47,7 +47,7 @@ def build(name, vocab=32000, hidden=1024, layers=24, size="370m"):
     raise ValueError(f"unknown model {name!r}")
 
 
-def bench_train(model, B, T, steps, warmup, dev="cuda"):
+def bench_train(model, B, T, steps, warmup, dev="cuda", profile=False):
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev == "cuda")
     vocab = model.config.vocab_size
@@ -55,21 +55,29 @@ def bench_train(model, B, T, steps, warmup, dev="cuda"):
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, losses = [], []
-    for i in range(warmup + steps):
+    def train_step():
         x = torch.randint(0, vocab, (B, T), device=dev)
-        sync()
-        t0 = time.perf_counter()
         with torch.autocast(dev, dtype=torch.bfloat16):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss
+
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        loss = train_step()
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     step = statistics.median(times)
-    return {"train_tok_s": B * T / step, "train_step_s": step, "train_peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev == "cuda" else 0.0,
+    extra = {}
+    if profile:
+        from benchmark_ops import profile as profile_step
+        extra["profile"] = profile_step(train_step, iters=2, top=20)
+    return extra | {"train_tok_s": B * T / step, "train_step_s": step, "train_peak_gb": torch.cuda.max_memory_allocated() / 1e9 if dev == "cuda" else 0.0,
             "train_loss_first_last": [losses[0], losses[-1]], "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
 
 
@@ -107,6 +115,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-generate", action="store_true")
+    p.add_argument("--profile", action="store_true", help="profile one training step: kernels vs wall time")
     p.add_argument("--gen-batches", nargs="+", type=int, default=[1, 8])
     p.add_argument("--prompts", nargs="+", type=int, default=[512, 2048, 16384])
     p.add_argument("--new-tokens", type=int, default=128)
@@ -127,7 +136,7 @@ def main():
             torch.manual_seed(0)
             model = build(name, size=a.size)
             if not a.no_train:
-                r.update(bench_train(model, a.B, a.T, a.steps, a.warmup, a.device))
+                r.update(bench_train(model, a.B, a.T, a.steps, a.warmup, a.device, a.profile))
             if not a.no_generate:
                 for B in a.gen_batches:
                     for P in a.prompts:

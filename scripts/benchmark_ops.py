@@ -69,10 +69,14 @@ def sdpa(family):
 
 def time_fn(fn, inputs, backward):
     from triton.testing import do_bench
+    return do_bench(make_step(fn, inputs, backward), warmup=25, rep=100, return_mode="median")
+
+
+def make_step(fn, inputs, backward):
+    """A no-argument call of fn: the forward under no_grad, or forward+backward with fresh grads."""
     q, k, v, g = inputs
     if not backward:
-        with torch.no_grad():
-            return do_bench(lambda: fn(q, k, v, g), warmup=25, rep=100, return_mode="median")
+        return torch.no_grad()(lambda: fn(q, k, v, g))
     leaves = [t.detach().requires_grad_(True) for t in (q, k, v)] + ([g.detach().requires_grad_(True)]
                                                                     if g is not None else [None])
     do = torch.randn_like(v)
@@ -82,7 +86,30 @@ def time_fn(fn, inputs, backward):
             if t is not None:
                 t.grad = None
         fn(*leaves).backward(do)
-    return do_bench(step, warmup=25, rep=100, return_mode="median")
+    return step
+
+
+def profile(step, iters=10, top=15):
+    """Where the time of `step()` goes on the GPU: per-kernel CUDA time per call from torch.profiler, the sum of
+    all kernels, and the wall time per call. Kernel sum << wall means the call is bound by host work/launches."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    step(); torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / iters
+    kernels = [e for e in p.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: -e.device_time_total)
+    gpu = sum(e.device_time_total for e in kernels) / iters / 1e3
+    out = {"wall_ms": wall * 1e3, "kernels_ms": gpu, "launches": sum(e.count for e in kernels) // iters,
+           "top": [(e.key[:70], e.count // iters, e.device_time_total / iters / 1e3) for e in kernels[:top]]}
+    print(f"  profile: wall {out['wall_ms']:.3f} ms/call (profiler on), GPU kernels {gpu:.3f} ms in "
+          f"{out['launches']} launches")
+    for name, n, ms in out["top"]:
+        print(f"    {ms:8.3f} ms  x{n:<3d} {name}")
+    return out
 
 
 def copy_bandwidth():
@@ -134,6 +161,8 @@ def main():
     p.add_argument("--fla-simple-gla", action="store_true",
                    help="also time fla's chunk_simple_gla (its first call tuned for minutes on an H100)")
     p.add_argument("--first-call", action="store_true")
+    p.add_argument("--profile", nargs="*", default=None, metavar="IMPL",
+                   help="also profile fwd+bwd of these impls (default: ours) per shape: kernels vs wall time")
     p.add_argument("--first-call-timeout", type=float, default=240)
     p.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     a = p.parse_args()
@@ -167,6 +196,9 @@ def main():
                     fn = make(family)
                     row[f"{name}_fwd"] = time_fn(fn, x, False)
                     row[f"{name}_fwdbwd"] = time_fn(fn, x, True)
+                    if a.profile is not None and name in (a.profile or ["ours"]):
+                        print(f"{name} {family} T={T} D={D} fwd+bwd:")
+                        row[f"{name}_profile"] = profile(make_step(fn, x, True))
                 except Exception as e:  # a peer that fails (memory, shape) is reported, not fatal
                     row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 torch.cuda.empty_cache()

@@ -5,21 +5,28 @@
 #   STEP=2  ops: GLA and simple GLA vs fla and SDPA, T 2K/4K/8K, D=128 (fla's chunk_gla autotunes per length)
 #   STEP=3  models: training tokens/s and peak memory, ours vs fla RetNet (GPU.md: 104k tok/s, 17.3 GB)
 #   STEP=4  kernels: T=64K and the 1M-token carry of all four ops (scripts/check_kernels_gpu.py --sections long)
-# Env: OUT (default /tmp/perf), STEP (required).
+#   STEP=5  ops: where the time goes (torch.profiler kernels vs wall) for linear attention and retention, 2K/4K
+# Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
+# The timeouts of one call's steps must sum to under 600 s.
 set -uo pipefail
 OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..4}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-case "$STEP" in
+export PYTHONUNBUFFERED=1
+for step in $STEP; do
+case "$step" in
   1) timeout 150 python3 -m pytest -q tests/test_decode_graph.py 2>&1 | tail -3
      timeout 400 python3 scripts/check_decode_graph_gpu.py 2>&1 | tee "$OUT/check_decode_graph.txt" | tail -30 ;;
   2) timeout 570 python3 scripts/benchmark_ops.py --ops gla simple_gla --T 2048 4096 8192 --extra-D --out "$OUT" \
        2>&1 | grep -v Warning | tee "$OUT/bench_ops_gla.txt" | tail -12 ;;
-  3) timeout 570 python3 scripts/benchmark_models.py --models ours_retnet fla_retnet ours_gla ours_linear_transformer \
-       --no-generate --out "$OUT" 2>&1 | tee "$OUT/bench_models.txt" | tail -12 ;;
+  3) timeout 400 python3 scripts/benchmark_models.py --models ours_retnet fla_retnet ours_gla ours_linear_transformer \
+       --no-generate --profile --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_models.txt" | tail -40 ;;
   4) timeout 570 python3 scripts/check_kernels_gpu.py --sections long --out "$OUT" 2>&1 \
        | tee "$OUT/check_kernels_long.txt" | grep -E "ok |BAD|ERROR|correctness" ;;
-  *) echo "STEP must be 1..4" >&2; exit 2 ;;
+  5) timeout 170 python3 scripts/benchmark_ops.py --ops linear_attention retention --T 2048 4096 --extra-D \
+       --profile ours fla --out "$OUT/ops_profile" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_profile.txt" | tail -60 ;;
+  *) echo "STEP must be 1..5" >&2; exit 2 ;;
 esac
+done

@@ -2,16 +2,19 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.fused import swiglu
+
 
 class GatedMLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu"):
         super().__init__()
         if hidden_act not in ("silu", "swish", "gelu"):
             raise ValueError(f"hidden_act must be 'silu' (swish) or 'gelu', got {hidden_act!r}")
-        self.act = F.silu if hidden_act in ("silu", "swish") else F.gelu
+        self.hidden_act = hidden_act
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        g, u = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.gelu(g) * u if self.hidden_act == "gelu" else swiglu(g, u))

@@ -8,7 +8,7 @@ meta-device construction (from_pretrained) the model's _init_weights refills it 
 import torch
 import torch.nn as nn
 
-from ..ops.reference import compute_dtype
+from ..ops.fused import rotary
 
 
 class RotaryEmbedding(nn.Module):
@@ -24,20 +24,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, q, k, positions):
         """q, k: [B, T, H, D]; positions: [B, T] (int). Returns the rotated (q, k) in their dtypes."""
-        dt = compute_dtype(q)
         inv_freq = self.inv_freq
         if inv_freq.dtype not in (torch.float32, torch.float64):  # model.to(bf16) cast the buffer: recompute
             inv_freq = self.compute_inv_freq(q.device)
-        freqs = positions.to(dt)[..., None] * inv_freq.to(q.device, dt)  # [B, T, D/2]
-        emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # [B, T, 1, D]
-        cos, sin = emb.cos(), emb.sin()
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+        return rotary(q, k, positions, inv_freq)
 
     def extra_repr(self):
         return f"dim={self.dim}, base={self.base}"
-
-
-def _rotate(x, cos, sin):
-    xf = x.to(cos.dtype)
-    x1, x2 = xf.chunk(2, dim=-1)
-    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)

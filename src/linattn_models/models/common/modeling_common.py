@@ -10,6 +10,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
@@ -21,6 +22,7 @@ from transformers.utils import logging
 from ...layers import Padding, TokenMixer
 from ...layers.common import ATTN_MODES
 from ...modules import GatedMLP, LearnableFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
+from ...ops.fused import cross_entropy_sum
 from ...ops.validate import values_checked
 from .cache import LinearAttentionCache
 from .compat import CACHE_OUTPUT_NAME
@@ -324,10 +326,26 @@ class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = causal_lm_loss(logits, labels, self.config.vocab_size, **kwargs)
         result = _output(CausalLMOutputWithPast, loss=loss, logits=logits, cache=out[CACHE_OUTPUT_NAME]
                          if CACHE_OUTPUT_NAME in out else None, hidden_states=out.hidden_states)
         return result if return_dict else result.to_tuple()
+
+
+def causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None,
+                   **kwargs):
+    """transformers' ForCausalLMLoss (labels shifted inside, ignore_index left out; the sum over
+    num_items_in_batch when given (gradient accumulation), else the mean over counted tokens), computed by
+    ops.fused.cross_entropy_sum, which keeps no float32 copy of the logits for the backward."""
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    target = shift_labels.reshape(-1).to(logits.device)
+    total = cross_entropy_sum(logits.reshape(-1, vocab_size), target, ignore_index)
+    if num_items_in_batch is None:
+        return total / (target != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
 
 
 class LinAttnForSequenceClassification(LinAttnPreTrainedModel):

@@ -310,3 +310,7 @@ def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_se
         initial_state = initial_state.to(torch.float32).contiguous()
     return _GatedLinearAttention.apply(q, k, v, g, initial_state, scale, gate, cu_seqlens, mode,
                                        bool(output_final_state))
+
+
+# The fused block kernels (norm, rotary, SwiGLU; ops/fused.py) use _new from above, hence imported last.
+from . import fused  # noqa: E402,F401

@@ -1,0 +1,119 @@
+"""Fused elementwise ops of the model blocks: RMSNorm (optionally swish-gated), rotary embedding, SwiGLU.
+
+Each has a torch implementation (any device, any float dtype: the reference the Triton kernels are tested
+against) and, for GPU tensors of 16/32-bit floats, fused Triton kernels (ops/triton/fused.py) that run one
+kernel per direction and keep only their inputs for the backward. Backend choice as for the attention ops
+(ops/dispatch.py): `backend=None` follows LINATTN_BACKEND, else Triton for GPU tensors; float64 always takes
+the torch path (the float64 model runs are references, kept to torch's math).
+"""
+import torch
+import torch.nn.functional as F
+
+from .dispatch import resolve_backend, triton_ops
+from .reference import compute_dtype
+
+
+def _use_triton(x, backend):
+    return x.dtype != torch.float64 and resolve_backend(backend, x.device) == "triton"
+
+
+def rms_norm(x, weight, eps, gate=None, out_dtype=None, backend=None):
+    """y = x / sqrt(mean(x², -1) + eps) · weight [· silu(gate)], over the last dim, in float32 (float64 for
+    float64), returned in `out_dtype` (default: x's). weight: [D] or None; gate: x's shape or None."""
+    out_dtype = out_dtype or x.dtype
+    if gate is not None and gate.shape != x.shape:
+        raise ValueError(f"rms_norm: gate must have x's shape {tuple(x.shape)}, got {tuple(gate.shape)}")
+    if weight is not None and weight.shape != x.shape[-1:]:
+        raise ValueError(f"rms_norm: weight must have shape ({x.shape[-1]},), got {tuple(weight.shape)}")
+    if _use_triton(x, backend):
+        return triton_ops().fused.rms_norm(x, weight, gate, eps, out_dtype)
+    if gate is None and weight is not None and weight.dtype == x.dtype:
+        # torch's fused kernel: float32 accumulation, one rounding at the end (the math below, one kernel)
+        return F.rms_norm(x, (x.shape[-1],), weight, eps).to(out_dtype)
+    dt = compute_dtype(x)
+    xf = x.to(dt)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(dt)
+    if gate is not None:
+        y = y * F.silu(gate.to(dt))
+    return y.to(out_dtype)
+
+
+def rotary(q, k, positions, inv_freq, backend=None):
+    """RoPE (rotate-half) of q, k [B, T, H, D] at integer positions [B, T] with frequencies inv_freq [D/2]:
+    x·cos(pθ) + rotate_half(x)·sin(pθ), in float32 (float64 for float64); returns (q, k) in their dtypes."""
+    if q.shape != k.shape or q.ndim != 4 or q.shape[-1] % 2:
+        raise ValueError(f"rotary: q and k must be [B, T, H, D] of one shape with D even, got {tuple(q.shape)} "
+                         f"and {tuple(k.shape)}")
+    if positions.shape != q.shape[:2]:
+        raise ValueError(f"rotary: positions must be [B, T] = {tuple(q.shape[:2])}, got {tuple(positions.shape)}")
+    if _use_triton(q, backend):
+        return triton_ops().fused.rotary(q, k, positions, inv_freq.to(torch.float32))
+    dt = compute_dtype(q)
+    freqs = positions.to(dt)[..., None] * inv_freq.to(q.device, dt)  # [B, T, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # [B, T, 1, D]
+    cos, sin = emb.cos(), emb.sin()
+    return _rotate_half(q, cos, sin), _rotate_half(k, cos, sin)
+
+
+def _rotate_half(x, cos, sin):
+    xf = x.to(cos.dtype)
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+
+
+def swiglu(g, u, backend=None):
+    """silu(g) · u (elementwise, g and u of one shape and dtype)."""
+    if g.shape != u.shape or g.dtype != u.dtype:
+        raise ValueError(f"swiglu: g and u must match, got {tuple(g.shape)} {g.dtype} and {tuple(u.shape)} {u.dtype}")
+    if _use_triton(g, backend):
+        return triton_ops().fused.swiglu(g, u)
+    return F.silu(g) * u
+
+
+_CE_ROWS_ELEMENTS = 1 << 26  # float32 elements per row block of cross_entropy_sum (256 MB)
+
+
+class _CrossEntropySum(torch.autograd.Function):
+    """Σ_rows (logsumexp(x_r) − x_r[t_r]) over rows whose target is not ignore_index, computed in float32 blocks
+    of rows; the gradient (softmax − one-hot, in the logits' dtype) is made in the same pass, so neither a float32
+    copy of the logits nor log-softmax outputs are kept for the backward (torch's cross_entropy on upcast bf16
+    logits keeps 2 bytes + 4 bytes per logit more, over 2 GB at 16K tokens x 32K vocab)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index):
+        N, V = logits.shape
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(logits) if want_grad else None
+        total = torch.zeros((), dtype=compute_dtype(logits), device=logits.device)
+        rows = max(1, _CE_ROWS_ELEMENTS // max(V, 1))
+        for s in range(0, N, rows):
+            x = logits[s:s + rows].to(total.dtype, copy=True)  # a copy: the softmax is made in place below
+            t = target[s:s + rows]
+            keep = t != ignore_index
+            tt = torch.where(keep, t, 0)[:, None]
+            lse = torch.logsumexp(x, -1, keepdim=True)
+            total += ((lse - x.gather(1, tt)).squeeze(1) * keep).sum()
+            if want_grad:
+                p = x.sub_(lse).exp_()  # softmax, in place of the float32 block
+                p.scatter_add_(1, tt, -keep[:, None].to(p.dtype))
+                grad[s:s + rows] = p * keep[:, None]
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, dtotal):
+        (grad,) = ctx.saved_tensors
+        return grad * dtotal.to(grad.dtype), None, None
+
+
+def cross_entropy_sum(logits, target, ignore_index=-100):
+    """Summed cross entropy of logits [N, V] (any float dtype) against target [N] (int), rows with
+    target == ignore_index left out; float32 result (float64 for float64). Lean in memory (see _CrossEntropySum)."""
+    if logits.ndim != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(f"cross_entropy_sum: logits must be [N, V] and target [N], got {tuple(logits.shape)} "
+                         f"and {tuple(target.shape)}")
+    if target.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"cross_entropy_sum: target must be int64/int32, got {target.dtype}")
+    return _CrossEntropySum.apply(logits, target.to(logits.device), ignore_index)

@@ -1,0 +1,181 @@
+"""The fused block kernels (ops/triton/fused.py: RMSNorm with optional gate, rotary, SwiGLU) through Triton's
+interpreter on CPU, against the torch implementations of ops/fused.py run in float64.
+
+Outputs and the gradients of a random loss (x, weight, gate / q, k / g, u) with fresh random inputs; row counts
+that are not multiples of the kernels' blocks, non-power-of-two widths; fp32 (‖Δ‖/‖ref‖ ≤ 1e-5), fp16 (≤ 2e-3)
+and float64 called on the kernels directly (≤ 1e-12; the API sends float64 to torch). Outputs and scratch are
+NaN-poisoned first, so memory a kernel fails to write shows up.
+"""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is first imported (see test_triton_kernels.py)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from linattn_models.ops import fused  # noqa: E402
+from linattn_models.ops.dispatch import triton_ops  # noqa: E402
+
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    mod = triton_ops()
+    assert mod.INTERPRET, "the kernel module was imported before TRITON_INTERPRET=1 was set"
+    monkeypatch.setattr(mod, "POISON", True)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def grads(fn, inputs, seed):
+    """Output and the gradients of sum(out * w) for a fixed random w, inputs as leaves."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
+    out = fn(*leaves)
+    outs = out if isinstance(out, tuple) else (out,)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outs)
+    loss.backward()
+    return list(outs) + [t.grad for t in leaves if t is not None]
+
+
+def check(triton_fn, torch_fn, inputs, dtype, seed):
+    ours = grads(triton_fn, [t.to(dtype) if t is not None and t.is_floating_point() else t for t in inputs], seed)
+    ref = grads(torch_fn, [t.double() if t is not None and t.is_floating_point() else t for t in inputs], seed)
+    assert len(ours) == len(ref)
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        assert not a.isnan().any(), f"output/grad {i} has NaN (unwritten memory?)"
+        assert rel(a, b) <= TOL[dtype], f"output/grad {i}: rel err {rel(a, b):.2e} > {TOL[dtype]}"
+
+
+def kernel(dtype, name):
+    """The Triton function itself for float64 (the API routes float64 to torch), else the API on Triton."""
+    if dtype == torch.float64:
+        return getattr(triton_ops().fused, name)
+    return None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("N,D", [(37, 100), (16, 256), (5, 8)])
+@pytest.mark.parametrize("gated,affine", [(False, True), (True, True), (True, False), (False, False)])
+def test_rms_norm(dtype, N, D, gated, affine):
+    torch.manual_seed(N * D + gated)
+    x = torch.randn(3, N, D) * 3
+    w = torch.randn(D) if affine else None
+    g = torch.randn(3, N, D) * 2 if gated else None
+    eps = 1e-6
+    k = kernel(dtype, "rms_norm")
+    if k is not None:
+        tri = lambda x, w, g: k(x, w, g, eps, x.dtype)  # noqa: E731
+    else:
+        tri = lambda x, w, g: fused.rms_norm(x, w, eps, gate=g, backend="triton")  # noqa: E731
+    ref = lambda x, w, g: fused.rms_norm(x, w, eps, gate=g, backend="torch")  # noqa: E731
+    check(tri, ref, [x, w, g], dtype, seed=D)
+
+
+def test_rms_norm_out_dtype_and_mixed_weight():
+    """fp32 input, fp32 weight, fp16 output (the autocast case): one rounding of the fp32 result."""
+    torch.manual_seed(0)
+    x, w = torch.randn(21, 64), torch.randn(64)
+    y = fused.rms_norm(x, w, 1e-6, out_dtype=torch.float16, backend="triton")
+    assert y.dtype == torch.float16
+    ref = fused.rms_norm(x.double(), w.double(), 1e-6, backend="torch")
+    assert rel(y, ref) < 1e-3
+    assert torch.equal(y, fused.rms_norm(x, w, 1e-6, backend="torch").half())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("B,T,H,D", [(2, 7, 3, 10), (1, 33, 2, 64), (3, 1, 1, 2)])
+def test_rotary(dtype, B, T, H, D):
+    torch.manual_seed(B * T + D)
+    q, k = torch.randn(B, T, H, D), torch.randn(B, T, H, D)
+    pos = torch.randint(0, 5000, (B, T))
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    fn = kernel(dtype, "rotary")
+    tri = (lambda q, k: fn(q, k, pos, inv_freq)) if fn else (lambda q, k: fused.rotary(q, k, pos, inv_freq,
+                                                                                       backend="triton"))
+    ref = lambda q, k: fused.rotary(q, k, pos, inv_freq.double(), backend="torch")  # noqa: E731
+    # positions up to 5000 make cos/sin arguments ~5e3: float32 rounds them to ~2e-4 absolute, hence the
+    # float32 kernel vs float64 reference is compared at 1e-3 there (the torch float32 path does the same)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-3, torch.float16: 3e-3}[dtype]
+    TOL_save = TOL[dtype]
+    TOL[dtype] = tol
+    try:
+        check(tri, ref, [q, k], dtype, seed=T)
+    finally:
+        TOL[dtype] = TOL_save
+
+
+def test_rotary_matches_torch_float32_and_expanded_positions():
+    """The float32 kernel against the float32 torch path (same rounding of p·θ), positions given expanded."""
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 50, 4, 32), torch.randn(2, 50, 4, 32)
+    pos = torch.arange(50).expand(2, 50)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 32, 2, dtype=torch.float32) / 32))
+    a = fused.rotary(q, k, pos, inv_freq, backend="triton")
+    b = fused.rotary(q, k, pos, inv_freq, backend="torch")
+    for x, y in zip(a, b):
+        assert (x - y).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 2049), (1,)])
+def test_swiglu(dtype, shape):
+    torch.manual_seed(len(shape))
+    g, u = torch.randn(shape) * 3, torch.randn(shape)
+    fn = kernel(dtype, "swiglu")
+    tri = fn or (lambda g, u: fused.swiglu(g, u, backend="triton"))
+    check(tri, lambda g, u: fused.swiglu(g, u, backend="torch"), [g, u], dtype, seed=1)
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="gate"):
+        fused.rms_norm(x, None, 1e-6, gate=torch.randn(4, 7))
+    with pytest.raises(ValueError, match="weight"):
+        fused.rms_norm(x, torch.ones(7), 1e-6)
+    with pytest.raises(ValueError, match="positions"):
+        fused.rotary(torch.randn(1, 3, 2, 4), torch.randn(1, 3, 2, 4), torch.zeros(1, 4, dtype=torch.long),
+                     torch.ones(2))
+    with pytest.raises(ValueError, match="D even"):
+        fused.rotary(torch.randn(1, 3, 2, 5), torch.randn(1, 3, 2, 5), torch.zeros(1, 3, dtype=torch.long),
+                     torch.ones(2))
+    with pytest.raises(ValueError, match="swiglu"):
+        fused.swiglu(torch.randn(3), torch.randn(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+def test_cross_entropy_sum(dtype, monkeypatch):
+    """Loss and d(loss)/d(logits) vs torch's cross_entropy in float64, over several row blocks, ignored rows;
+    the logits are left unchanged (the softmax is built in place of a float32 copy)."""
+    monkeypatch.setattr(fused, "_CE_ROWS_ELEMENTS", 300)  # blocks of 300 // 37 = 8 rows
+    torch.manual_seed(3)
+    x = torch.randn(45, 37) * 4
+    t = torch.randint(0, 37, (45,))
+    t[::7] = -100
+    xd = x.to(dtype)
+    before = xd.clone()
+    w = torch.randn(())
+    ours = grads(lambda x: fused.cross_entropy_sum(x, t) * w, [xd], seed=0)
+    ref = grads(lambda x: torch.nn.functional.cross_entropy(x, t, reduction="sum") * w, [x.double()], seed=0)
+    assert torch.equal(xd, before)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3}[dtype]
+    for a, b in zip(ours, ref):
+        assert rel(a, b) <= tol, rel(a, b)
+
+
+def test_causal_lm_loss_matches_transformers():
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from linattn_models.models.common.modeling_common import causal_lm_loss
+    torch.manual_seed(4)
+    x = torch.randn(2, 9, 20, requires_grad=True)
+    y = torch.randint(0, 20, (2, 9))
+    y[1, :3] = -100
+    for kw in ({}, {"num_items_in_batch": torch.tensor(11)}, {"shift_labels": torch.randint(0, 20, (2, 9))}):
+        a = causal_lm_loss(x, y, 20, **kw)
+        b = ForCausalLMLoss(x, y, 20, **kw)
+        ga, gb = torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0]
+        assert abs(a.item() - b.item()) < 1e-5 and (ga - gb).abs().max() < 1e-7, kw

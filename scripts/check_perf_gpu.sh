@@ -5,6 +5,7 @@
 #   STEP=2  ops: GLA and simple GLA vs fla and SDPA, T 2K/4K/8K, D=128 (fla's chunk_gla autotunes per length)
 #   STEP=3  models: training tokens/s and peak memory, ours vs fla RetNet (GPU.md: 104k tok/s, 17.3 GB)
 #   STEP=4  kernels: T=64K and the 1M-token carry of all four ops (scripts/check_kernels_gpu.py --sections long)
+#   STEP=6  models: correctness of the three 370M models (check_models_gpu.py) + the decode-graph tests (~4 min)
 #   STEP=5  ops: where the time goes (torch.profiler kernels vs wall) for linear attention and retention, 2K/4K
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.
@@ -27,6 +28,9 @@ case "$step" in
        | tee "$OUT/check_kernels_long.txt" | grep -E "ok |BAD|ERROR|correctness" ;;
   5) timeout 170 python3 scripts/benchmark_ops.py --ops linear_attention retention --T 2048 4096 --extra-D \
        --profile ours fla --out "$OUT/ops_profile" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_profile.txt" | tail -60 ;;
-  *) echo "STEP must be 1..5" >&2; exit 2 ;;
+  6) timeout 220 python3 scripts/check_models_gpu.py --json "$OUT/check_models.json" 2>&1 | grep -v Warning \
+       | tee "$OUT/check_models.txt" | tail -8
+     timeout 120 python3 -m pytest -q -x tests/test_decode_graph.py 2>&1 | tail -3 ;;
+  *) echo "STEP must be 1..6" >&2; exit 2 ;;
 esac
 done

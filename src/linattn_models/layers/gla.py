@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..modules import GatedRMSNorm
+from ..ops.fused import rms_norm
+from ..modules import GatedRMSNorm, linear_recomputing_input
 from .common import TokenMixer, attend
 
 
@@ -39,5 +40,7 @@ class GatedLinearAttention(TokenMixer):
         o, state = attend(ops.gated_linear_attention, q, k, v, g, initial_state=self.get_state(cache, "recurrent"),
                           output_final_state=cache is not None, padding=padding, mode=self.mode)
         self.set_state(cache, "recurrent", state)
-        o = self.g_norm(o, self.g_proj(x).view(B, T, H, self.head_v_dim))
-        return self.o_proj(o.reshape(B, T, -1))
+        gate = self.g_proj(x).view(B, T, H, self.head_v_dim)
+        norm = self.g_norm
+        return linear_recomputing_input(  # the gated norm's output is recomputed in the backward, not kept
+            self.o_proj, lambda o, g, w: rms_norm(o, w, norm.eps, gate=g).reshape(B, T, -1), o, gate, norm.weight)

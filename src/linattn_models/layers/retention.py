@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..modules import GatedRMSNorm, RotaryEmbedding
+from ..ops.fused import rms_norm
+from ..modules import GatedRMSNorm, RotaryEmbedding, linear_recomputing_input
 from .common import TokenMixer, attend
 
 
@@ -35,5 +36,7 @@ class MultiScaleRetention(TokenMixer):
         o, state = attend(ops.retention, q, k, v, initial_state=self.get_state(cache, "recurrent"),
                           output_final_state=cache is not None, padding=padding, mode=self.mode)
         self.set_state(cache, "recurrent", state)
-        o = self.g_norm(o, self.g_proj(x).view(B, T, self.num_heads, self.head_v_dim))
-        return self.o_proj(o.reshape(B, T, -1))
+        gate = self.g_proj(x).view(B, T, self.num_heads, self.head_v_dim)
+        norm = self.g_norm
+        return linear_recomputing_input(  # the gated norm's output is recomputed in the backward, not kept
+            self.o_proj, lambda o, g, w: rms_norm(o, w, norm.eps, gate=g).reshape(B, T, -1), o, gate, norm.weight)

@@ -3,6 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.fused import swiglu
+from .recompute import linear_recomputing_input
 
 
 class GatedMLP(nn.Module):
@@ -17,4 +18,6 @@ class GatedMLP(nn.Module):
 
     def forward(self, x):
         g, u = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.gelu(g) * u if self.hidden_act == "gelu" else swiglu(g, u))
+        if self.hidden_act == "gelu":
+            return self.down_proj(F.gelu(g) * u)
+        return linear_recomputing_input(self.down_proj, swiglu, g, u)

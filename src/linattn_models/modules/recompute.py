@@ -1,0 +1,58 @@
+"""linear(fn(*inputs)) without keeping fn's output for the backward.
+
+A linear layer keeps its input for the weight gradient. When that input is a cheap elementwise function of
+tensors autograd keeps anyway (the gated norm's output from o and the gate; SwiGLU's from the two branches),
+keeping it is pure cost: B·T·in_features values per layer (4 KB per token and layer for the 370M RetNet's
+o_proj and down_proj each). Here the backward recomputes fn (one fused kernel on GPUs) instead.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _LinearRecompute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, weight, *inputs):
+        a = fn(*inputs)  # grad mode is off inside forward: nothing of fn is recorded
+        y = F.linear(a, weight)  # autocast (if on) casts as nn.Linear would
+        dev = a.device.type
+        ctx.cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        ctx.fn = fn
+        ctx.save_for_backward(weight, *inputs)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        weight, *inputs = ctx.saved_tensors
+        leaves = [x.detach().requires_grad_(ctx.needs_input_grad[2 + i]) if x is not None else None
+                  for i, x in enumerate(inputs)]
+        with torch.enable_grad():
+            a = ctx.fn(*leaves)
+        w = weight.to(ctx.cast) if ctx.cast is not None else weight
+        if ctx.cast is not None:
+            a_mm = a.detach().to(ctx.cast)
+            dy = dy.to(ctx.cast)
+        else:
+            a_mm = a.detach()
+        da = dy @ w
+        dw = None
+        if ctx.needs_input_grad[1]:
+            dw = (dy.reshape(-1, dy.shape[-1]).t() @ a_mm.reshape(-1, a_mm.shape[-1])).to(weight.dtype)
+        need = [x for x in leaves if x is not None and x.requires_grad]
+        grads = iter(torch.autograd.grad(a, need, da.to(a.dtype)) if need else ())
+        return (None, dw) + tuple(next(grads) if x is not None and x.requires_grad else None for x in leaves)
+
+
+def linear_recomputing_input(linear, fn, *inputs):
+    """linear(fn(*inputs)), fn's output recomputed in the backward instead of kept. fn must be a deterministic
+    function of `inputs` alone: parameters it uses are passed among them (their gradients come back through
+    autograd like any input's; a parameter read inside fn would get none). Falls back to the plain
+    call for anything but a bias-free nn.Linear without hooks (a LoRA or quantised layer must see its input),
+    or when no gradient is wanted."""
+    plain = (type(linear) is not nn.Linear or linear.bias is not None or linear._forward_hooks
+             or linear._forward_pre_hooks or nn.modules.module._global_forward_hooks
+             or nn.modules.module._global_forward_pre_hooks or not torch.is_grad_enabled()
+             or not (linear.weight.requires_grad or any(x is not None and x.requires_grad for x in inputs)))
+    if plain:
+        return linear(fn(*inputs))
+    return _LinearRecompute.apply(fn, linear.weight, *inputs)

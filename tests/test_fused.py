@@ -179,3 +179,14 @@ def test_causal_lm_loss_matches_transformers():
         b = ForCausalLMLoss(x, y, 20, **kw)
         ga, gb = torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0]
         assert abs(a.item() - b.item()) < 1e-5 and (ga - gb).abs().max() < 1e-7, kw
+
+
+def test_linattn_fused_0_sends_the_ops_to_torch(monkeypatch):
+    calls = []
+    monkeypatch.setattr(triton_ops().fused, "swiglu", lambda g, u: calls.append(1) or g)
+    monkeypatch.setenv("LINATTN_BACKEND", "triton")
+    g = torch.randn(5)
+    fused.swiglu(g, g)
+    assert calls == [1]
+    monkeypatch.setenv("LINATTN_FUSED", "0")
+    assert torch.equal(fused.swiglu(g, g), torch.nn.functional.silu(g) * g) and calls == [1]

@@ -4,8 +4,12 @@ Each has a torch implementation (any device, any float dtype: the reference the 
 against) and, for GPU tensors of 16/32-bit floats, fused Triton kernels (ops/triton/fused.py) that run one
 kernel per direction and keep only their inputs for the backward. Backend choice as for the attention ops
 (ops/dispatch.py): `backend=None` follows LINATTN_BACKEND, else Triton for GPU tensors; float64 always takes
-the torch path (the float64 model runs are references, kept to torch's math).
+the torch path (the float64 model runs are references, kept to torch's math). LINATTN_FUSED=0 sends these ops
+(not the attention ops) to torch whatever the backend: a switch for A/B comparisons and a way around a kernel
+that misbehaves on some device.
 """
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +18,8 @@ from .reference import compute_dtype
 
 
 def _use_triton(x, backend):
+    if backend is None and os.environ.get("LINATTN_FUSED", "1") == "0":
+        return False
     return x.dtype != torch.float64 and resolve_backend(backend, x.device) == "triton"
 
 
@@ -49,7 +55,7 @@ def rotary(q, k, positions, inv_freq, backend=None):
     if positions.shape != q.shape[:2]:
         raise ValueError(f"rotary: positions must be [B, T] = {tuple(q.shape[:2])}, got {tuple(positions.shape)}")
     if _use_triton(q, backend):
-        return triton_ops().fused.rotary(q, k, positions, inv_freq.to(torch.float32))
+        return triton_ops().fused.rotary(q, k, positions, inv_freq)
     dt = compute_dtype(q)
     freqs = positions.to(dt)[..., None] * inv_freq.to(q.device, dt)  # [B, T, D/2]
     emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # [B, T, 1, D]

@@ -127,18 +127,18 @@ def rms_norm(x, weight, gate, eps, out_dtype):
 
 # --- rotary embedding of q and k ----------------------------------------------------------------------------------
 @triton.jit
-def _rotary_kernel(q, k, qo, ko, pos, inv_freq, NR, H, D, SIGN: tl.constexpr, BR: tl.constexpr, BH: tl.constexpr,
+def _rotary_kernel(q, k, qo, ko, cos_t, sin_t, NR, H, D, SIGN: tl.constexpr, BR: tl.constexpr, BH: tl.constexpr,
                    BD2: tl.constexpr, ACC: tl.constexpr):
-    """Rows (tokens) of q, k [NR, H, D] rotated by pos·θ (SIGN = -1: by -pos·θ, the backward):
-    out[:D/2] = x1·cos − x2·sin,  out[D/2:] = x2·cos + x1·sin."""
+    """Rows (tokens) of q, k [NR, H, D] rotated by the angles whose cos/sin tables [NR, D/2] are given
+    (SIGN = -1: by minus those angles, the backward): out[:D/2] = x1·cos − x2·sin, out[D/2:] = x2·cos + x1·sin."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     heads = tl.arange(0, BH)
     cols = tl.arange(0, BD2)
     half = D // 2
-    p = tl.load(pos + rows, mask=rows < NR, other=0).to(ACC)
-    f = p[:, None] * tl.load(inv_freq + cols, mask=cols < half, other=0).to(ACC)[None, :]     # [BR, BD2]
-    cos = tl.cos(f)[:, None, :]
-    sin = (SIGN * tl.sin(f))[:, None, :]
+    tm = (rows[:, None] < NR) & (cols[None, :] < half)
+    toff = rows[:, None].to(tl.int64) * half + cols[None, :]
+    cos = tl.load(cos_t + toff, mask=tm, other=0).to(ACC)[:, None, :]
+    sin = (SIGN * tl.load(sin_t + toff, mask=tm, other=0).to(ACC))[:, None, :]
     m = (rows[:, None, None] < NR) & (heads[None, :, None] < H) & (cols[None, None, :] < half)
     off = (rows[:, None, None].to(tl.int64) * H + heads[None, :, None]) * D + cols[None, None, :]
     _rotate_tile(q, qo, off, half, m, cos, sin, ACC)
@@ -153,14 +153,23 @@ def _rotate_tile(src, dst, off, half, m, cos, sin, ACC: tl.constexpr):
     tl.store(dst + off + half, (x2 * cos + x1 * sin).to(dst.dtype.element_ty), mask=m)
 
 
+def _tables(pos, inv_freq, dtype):
+    """cos and sin of pos·θ [NR, D/2], by torch in float32 (float64 for float64), as the torch path: Triton's
+    fp32 sin/cos may lower to approximate instructions whose error grows with the argument (up to T rad)."""
+    dt = torch.float64 if dtype == torch.float64 else torch.float32
+    f = pos.to(dt)[:, None] * inv_freq.to(dt)[None, :]
+    return f.cos(), f.sin()
+
+
 def _rotate(q, k, pos, inv_freq, sign):
     B, T, H, D = q.shape
     NR = B * T
     q, k = q.contiguous(), k.contiguous()
     qo, ko = _new(q.shape, q.dtype, q.device), _new(k.shape, k.dtype, k.device)
+    cos_t, sin_t = _tables(pos, inv_freq, q.dtype)
     BH, BD2 = _np2(H), _np2(D // 2)
     BR = max(1, min(16, 4096 // (BH * BD2)))
-    _rotary_kernel[(triton.cdiv(NR, BR),)](q, k, qo, ko, pos, inv_freq, NR, H, D, SIGN=sign, BR=BR, BH=BH,
+    _rotary_kernel[(triton.cdiv(NR, BR),)](q, k, qo, ko, cos_t, sin_t, NR, H, D, SIGN=sign, BR=BR, BH=BH,
                                            BD2=BD2, ACC=_acc(q.dtype))
     return qo, ko
 
@@ -168,7 +177,7 @@ def _rotate(q, k, pos, inv_freq, sign):
 class _Rotary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, positions, inv_freq):
-        pos = positions.reshape(-1).contiguous()
+        pos = positions.reshape(-1)
         ctx.save_for_backward(pos, inv_freq)
         return _rotate(q, k, pos, inv_freq, 1.0)
 

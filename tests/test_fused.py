@@ -190,3 +190,24 @@ def test_linattn_fused_0_sends_the_ops_to_torch(monkeypatch):
     assert calls == [1]
     monkeypatch.setenv("LINATTN_FUSED", "0")
     assert torch.equal(fused.swiglu(g, g), torch.nn.functional.silu(g) * g) and calls == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("case", ["z0", "varlen", "plain"])
+def test_linear_attention_normalizer(dtype, case):
+    """ops.normalize_linear_attention on the Triton kernel vs the torch path in float64: the normalised output,
+    the last key sum, and the gradients of o, q, k (and z0) of a random loss on both."""
+    from linattn_models import ops
+    torch.manual_seed(7)
+    B, T, H, K, V = (1, 200, 2, 20, 6) if case == "varlen" else (2, 150, 3, 20, 6)  # T > 64: several tiles
+    q, k = torch.rand(B, T, H, K), torch.rand(B, T, H, K)  # positive, as after a feature map
+    o = torch.randn(B, T, H, V)
+    z0 = torch.rand(B, H, K) * 5 if case == "z0" else None
+    cu = torch.tensor([0, 1, 70, 200]) if case == "varlen" else None
+
+    def fn(backend):
+        def run(o, q, k, z0):
+            out, z = ops.normalize_linear_attention(o, q, k, 0.3, z0=z0, cu_seqlens=cu, backend=backend)
+            return (out,) if z is None else (out, z)
+        return run
+    check(fn("triton"), fn("torch"), [o, q, k, z0], dtype, seed=3)

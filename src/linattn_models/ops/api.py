@@ -80,17 +80,22 @@ def linear_attention(q, k, v, normalize=False, scale=None, initial_state=None, o
     return o, state
 
 
-def normalize_linear_attention(o, q, k, scale, z0=None, cu_seqlens=None):
+def normalize_linear_attention(o, q, k, scale, z0=None, cu_seqlens=None, backend=None):
     """The normaliser of linear attention: o_t / (scale · q_t · z_t + eps), z_t = z0 + Σ_{s≤t} k_s per sequence.
 
     Computed in float32 (float64 for float64 inputs). z0: [B, H, K] running key sums from earlier tokens (rows of
     a padded batch; not with cu_seqlens). Zero the keys of pad tokens first. Returns (o in o's dtype, the last
     z_t of each row [B, H, K] (z0 when T == 0), or None when cu_seqlens is given)."""
+    if z0 is not None and cu_seqlens is not None:
+        raise ValueError("normalize_linear_attention: z0 cannot be combined with cu_seqlens")
+    if q.shape[1] and q.dtype != torch.float64 and resolve_backend(backend, q.device) == "triton":
+        # one kernel walking each sequence (ops/triton/normalizer.py): no [B, T, H, K] cumsum kept
+        den, zT = triton_ops().normalizer(q, k, z0, scale, cu_seqlens)
+        o = (o.to(torch.float32) / (den[..., None] + NORMALIZER_EPS)).to(o.dtype)
+        return o, None if cu_seqlens is not None else zT
     dt = compute_dtype(q)
     z = _cumsum_per_sequence(k.to(dt), cu_seqlens)
     if z0 is not None:
-        if cu_seqlens is not None:
-            raise ValueError("normalize_linear_attention: z0 cannot be combined with cu_seqlens")
         z = z + z0.to(dt)[:, None]
     den = scale * (q.to(dt) * z).sum(-1, keepdim=True)
     last = None if cu_seqlens is not None else (z[:, -1] if z.shape[1] else z0)

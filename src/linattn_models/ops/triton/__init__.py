@@ -314,3 +314,4 @@ def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_se
 
 # The fused block kernels (norm, rotary, SwiGLU; ops/fused.py) use _new from above, hence imported last.
 from . import fused  # noqa: E402,F401
+from .normalizer import normalizer  # noqa: E402,F401

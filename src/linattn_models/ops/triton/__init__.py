@@ -8,7 +8,8 @@ Kernels (one family, the gate kind a tl.constexpr: 0 none, 1 per-head constant, 
   recurrent.py  token-by-token form (decoding, mode="recurrent")
 
 Forward (chunk): b = chunk-local cumsum of g → states pass (stores the state entering each chunk) → [A] → o.
-Backward: b and the chunk states are RECOMPUTED rather than kept from the forward: storing them costs
+Backward: b and the chunk states are RECOMPUTED rather than kept from the forward (the vector gate's
+intra-chunk matrix A is kept: see _GatedLinearAttention.forward): storing the states costs
 T/BT·K·V values per head (256 MB in fp32 at B=4, H=16, T=4096, K=V=128, per layer: more than q, k, v together),
 while recomputing is one more sequential pass, about the cost of the forward's state pass. Chosen on memory (a
 24-layer training model would hold 6 GB of states at that shape); the speed cost of the extra pass is not yet
@@ -182,6 +183,7 @@ class _Problem:
 
     # --- forward --------------------------------------------------------------------------------------
     def chunk_forward(self, h0, want_final):
+        """(o, final state, A): A is the vector gate's intra-chunk matrix (else None), kept for the backward."""
         c = self.cfg
         b = self.local_cumsum()
         h, ht = self.states(self.k, self.v, b, h0, want_final, False)
@@ -191,7 +193,7 @@ class _Problem:
             self.q, self.k, self.v, b, self.g_head, h, A, o, self.cu, self.chunk_indices, self.scale, self.T,
             self.H, self.K, self.V, c["BT"], c["BK_out"], c["BV_out"], self.GATE, self.varlen, self.prec,
             **self.launch)
-        return o, ht
+        return o, ht, A if self.GATE == GATE_VECTOR else None
 
     def recurrent_forward(self, h0, want_final, in_place=False):
         """in_place: write the final state into h0 (each program reads its state tile once, first, and writes
@@ -211,7 +213,8 @@ class _Problem:
         return o, ht
 
     # --- backward -------------------------------------------------------------------------------------
-    def chunk_backward(self, do, dht, h0, want_dh0):
+    def chunk_backward(self, do, dht, h0, want_dh0, A_kept=None):
+        """A_kept: the forward's intra-chunk matrix of the vector gate (recomputed when None)."""
         c = self.cfg
         TT, H, K, V, BT = self.TT, self.H, self.K, self.V, c["BT"]
         do = do.to(self.dtype).contiguous().view(TT, H, V)
@@ -224,7 +227,7 @@ class _Problem:
         dk = _new((TT, H, K), gdtype, self.device)
         A = self.dummy
         if self.GATE == GATE_VECTOR:
-            A = self.vector_A(b)
+            A = self.vector_A(b) if A_kept is None else A_kept
             dA = _new((TT, H, BT), torch.float32, self.device)
             chunk_vector_dA_kernel[(self.NT, H)](
                 self.v, do, dA, self.cu, self.chunk_indices, self.scale, self.T, H, V, BT, c["BV_dA"],
@@ -256,22 +259,26 @@ class _GatedLinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, gate, cu_seqlens, mode, output_final_state):
         p = _Problem(q, k, v, g, gate, scale, cu_seqlens)
+        A = None
         if mode == "recurrent":
             o, ht = p.recurrent_forward(h0, output_final_state)
         else:
-            o, ht = p.chunk_forward(h0, output_final_state)
-        ctx.save_for_backward(q, k, v, g, h0, cu_seqlens)
+            o, ht, A = p.chunk_forward(h0, output_final_state)
+        # The vector gate's A [T, H, 64] (fp32) is kept: recomputing it was the backward's costliest kernel
+        # (2.4 ms of 5.3 ms fwd+bwd at B=4, H=16, T=4K, K=128 on an H100, benchmark_ops.py --profile), for
+        # 256 bytes per token and head, about as much as q and k in bf16 at K=64.
+        ctx.save_for_backward(q, k, v, g, h0, cu_seqlens, A)
         ctx.scale, ctx.gate = scale, gate
         return o.view(v.shape[:3] + (v.shape[-1],)), ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h0, cu_seqlens = ctx.saved_tensors
+        q, k, v, g, h0, cu_seqlens, A = ctx.saved_tensors
         p = _Problem(q, k, v, g, ctx.gate, ctx.scale, cu_seqlens)
         if do is None:
             do = torch.zeros_like(v)
         dht = dht.contiguous() if dht is not None else None
-        dq, dk, dv, dg, dh0 = p.chunk_backward(do, dht, h0, h0 is not None and ctx.needs_input_grad[4])
+        dq, dk, dv, dg, dh0 = p.chunk_backward(do, dht, h0, h0 is not None and ctx.needs_input_grad[4], A)
         dq = dq.view(q.shape).to(q.dtype)
         dk = dk.view(k.shape).to(k.dtype)
         dv = dv.view(v.shape)

@@ -14,27 +14,29 @@ from . import _dummy, _new
 
 
 @triton.jit
-def _bounds(i_n, cu_seqlens, T, VARLEN: tl.constexpr):
+def _start(z0, cu_seqlens, T, H, K, BK: tl.constexpr, VARLEN: tl.constexpr, HAS_Z0: tl.constexpr):
+    """This program's sequence (first row, length), key columns, offsets into [N, H, K] and the starting key
+    sum z0 (zeros without z0)."""
+    i_n, i_h = tl.program_id(0), tl.program_id(1)
     if VARLEN:
         bos = tl.load(cu_seqlens + i_n).to(tl.int64)
         L = tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos
     else:
         bos = i_n.to(tl.int64) * T
         L = T
-    return bos, L
-
-
-@triton.jit
-def normalizer_fwd_kernel(q, k, z0, den, zT, cu_seqlens, T, H, K, scale, BT: tl.constexpr, BK: tl.constexpr,
-                          VARLEN: tl.constexpr, HAS_Z0: tl.constexpr):
-    i_n, i_h = tl.program_id(0), tl.program_id(1)
-    bos, L = _bounds(i_n, cu_seqlens, T, VARLEN)
     cols = tl.arange(0, BK)
     cm = cols < K
     zoff = (i_n * H + i_h) * K + cols
     carry = tl.zeros([BK], dtype=tl.float32)
     if HAS_Z0:
         carry += tl.load(z0 + zoff, mask=cm, other=0).to(tl.float32)
+    return i_h, bos, L, cols, cm, zoff, carry
+
+
+@triton.jit
+def normalizer_fwd_kernel(q, k, z0, den, zT, cu_seqlens, T, H, K, scale, BT: tl.constexpr, BK: tl.constexpr,
+                          VARLEN: tl.constexpr, HAS_Z0: tl.constexpr):
+    i_h, bos, L, cols, cm, zoff, carry = _start(z0, cu_seqlens, T, H, K, BK, VARLEN, HAS_Z0)
     for t0 in range(0, L, BT):
         rows = t0 + tl.arange(0, BT)
         rm = rows < L
@@ -51,14 +53,7 @@ def normalizer_fwd_kernel(q, k, z0, den, zT, cu_seqlens, T, H, K, scale, BT: tl.
 @triton.jit
 def normalizer_bwd_kernel(q, k, z0, dden, dzT, dq, dk, dz0, cu_seqlens, T, H, K, scale, BT: tl.constexpr,
                           BK: tl.constexpr, VARLEN: tl.constexpr, HAS_Z0: tl.constexpr, HAS_DZT: tl.constexpr):
-    i_n, i_h = tl.program_id(0), tl.program_id(1)
-    bos, L = _bounds(i_n, cu_seqlens, T, VARLEN)
-    cols = tl.arange(0, BK)
-    cm = cols < K
-    zoff = (i_n * H + i_h) * K + cols
-    carry = tl.zeros([BK], dtype=tl.float32)
-    if HAS_Z0:
-        carry += tl.load(z0 + zoff, mask=cm, other=0).to(tl.float32)
+    i_h, bos, L, cols, cm, zoff, carry = _start(z0, cu_seqlens, T, H, K, BK, VARLEN, HAS_Z0)
     for t0 in range(0, L, BT):  # forward walk: dq_t = scale · dden_t · z_t
         rows = t0 + tl.arange(0, BT)
         rm = rows < L

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The issue-6 measurements still open after 2026-11-26, in one call per step (each step fits one 600 s device call;
-# run them as separate calls: STEP=1 ... STEP=4). fla 0.6.0 wheels in .whl/ (../shared/GPU.md), carried.
+# The issue-6 GPU measurements, one device call per step or per few steps (a call may run at most 600 s).
+# fla 0.6.0 wheels in .whl/ (../shared/GPU.md), carried. Still to run after 2026-11-26: 1, 2 (same-run GLA ratio
+# after the A-kernel change), 4 and 7.
 #   STEP=1  decode graphs: tests/test_decode_graph.py + scripts/check_decode_graph_gpu.py (~5 min)
-#   STEP=2  ops: GLA and simple GLA vs fla and SDPA, T 2K/4K/8K, D=128 (fla's chunk_gla autotunes per length)
-#   STEP=3  models: training tokens/s and peak memory, ours vs fla RetNet (GPU.md: 104k tok/s, 17.3 GB)
+#   STEP=2  ops: GLA and simple GLA vs fla and SDPA, T 2K/4K/8K, D=128 (fla's chunk_gla autotunes per length:
+#           on a fresh machine its first calls alone took over 250 s)
+#   STEP=3  models: training tokens/s and peak memory, ours vs fla RetNet (+ torch.profiler of one step)
 #   STEP=4  kernels: T=64K and the 1M-token carry of all four ops (scripts/check_kernels_gpu.py --sections long)
-#   STEP=6  models: correctness of the three 370M models (check_models_gpu.py) + the decode-graph tests (~4 min)
 #   STEP=5  ops: where the time goes (torch.profiler kernels vs wall) for linear attention and retention, 2K/4K
+#   STEP=6  models: correctness of the three 370M models (check_models_gpu.py) + the decode-graph tests (~4 min)
+#   STEP=7  kernels: GLA / simple GLA correctness vs float64 after the A-kernel change (without fla's autotuning)
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.
 set -uo pipefail
-OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..4}
+OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..7}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1
@@ -31,6 +34,9 @@ case "$step" in
   6) timeout 220 python3 scripts/check_models_gpu.py --json "$OUT/check_models.json" 2>&1 | grep -v Warning \
        | tee "$OUT/check_models.txt" | tail -8
      timeout 120 python3 -m pytest -q -x tests/test_decode_graph.py 2>&1 | tail -3 ;;
-  *) echo "STEP must be 1..6" >&2; exit 2 ;;
+  7) timeout 300 python3 scripts/check_kernels_gpu.py --sections correct --families gla simple_gla \
+       --fla-families linear retention --budget-s 250 --out "$OUT" > "$OUT/check_kernels_gla.txt" 2>&1
+     grep -E "ok |BAD|ERROR|correctness|worst" "$OUT/check_kernels_gla.txt" ;;
+  *) echo "STEP must be 1..7" >&2; exit 2 ;;
 esac
 done

@@ -32,6 +32,8 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # before triton is imported
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from check_models_gpu import max_rel  # noqa: E402
 
 SIZES = {"small": (512, 6), "medium": (1024, 24), "large": (2048, 24)}  # hidden size, layers
 # name -> (fla model type, fla config overrides, expected outcome)
@@ -44,11 +46,6 @@ CASES = {
     "linear_attn_elu_norm": ("linear_attn", {"feature_map": "elu", "norm_feature_map": True}, "ok"),
     "linear_attn_hedgehog": ("linear_attn", {"feature_map": "hedgehog"}, "ok"),  # untied q/k maps
 }
-
-
-def max_rel(a, b):
-    """max |a - b| / max |b|."""
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
 def build_fla(fla_type, overrides, args):

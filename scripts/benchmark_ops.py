@@ -24,14 +24,13 @@ FAMILIES = ("linear_attention", "retention", "simple_gla", "gla")
 
 
 def make_inputs(family, B, T, H, D, device="cuda", dtype=torch.bfloat16, seed=0):
-    torch.manual_seed(seed)
-    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=dtype) for _ in range(3))
-    g = None
-    if family == "simple_gla":
-        g = F.logsigmoid(torch.randn(B, T, H, device=device, dtype=torch.float32) + 3).to(dtype)
-    elif family == "gla":
-        g = (F.logsigmoid(torch.randn(B, T, H, D, device=device, dtype=torch.float32) + 3) / 16).to(dtype)
-    return q, k, v, g
+    """q, k, v [B, T, H, D] and g in `dtype`; log gates logsigmoid(randn + 3) (GLA: / 16, as the GLA layer)."""
+    from linattn_models.check import random_op_inputs
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, k, v, g, _ = random_op_inputs(family, B, T, H, D, D, N=1, gate_offset=3.0,
+                                     strength=1 / 16 if family == "gla" else 1.0, generator=gen,
+                                     dtype=torch.float32, device=device)
+    return tuple(None if t is None else t.to(dtype) for t in (q, k, v, g))
 
 
 def ours(family):

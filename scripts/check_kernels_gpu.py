@@ -31,6 +31,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 
 from linattn_models import ops  # noqa: E402
+from linattn_models.check import random_op_inputs  # noqa: E402
 from linattn_models.ops.reference import run_torch  # noqa: E402
 
 FAMILIES = ["linear", "retention", "simple_gla", "gla"]
@@ -59,15 +60,8 @@ def kernels():
 def make_inputs(family, B, T, H, K, V, strength=1.0, N=None, seed=0, device=None):
     device = device or DEVICE
     gen = torch.Generator(device=device).manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, device=device, dtype=torch.float32)  # noqa: E731
-    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
-    g = None
-    if family == "simple_gla":
-        g = F.logsigmoid(r(B, T, H) + 2) * strength
-    elif family == "gla":
-        g = F.logsigmoid(r(B, T, H, K) + 2) * strength
-    h0 = r(N if N is not None else B, H, K, V)
-    return q, k, v, g, h0
+    return random_op_inputs(family, B, T, H, K, V, N=N, gate_offset=2.0, strength=strength, generator=gen,
+                            dtype=torch.float32, device=device)
 
 
 def ours_fn(family):

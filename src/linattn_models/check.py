@@ -19,16 +19,34 @@ FAMILIES = ("linear_attention", "retention", "simple_gla", "gated_linear_attenti
 TOLERANCE = {torch.float32: 5e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
-def _inputs(family, dtype, device, T, H, K, V, cu_seqlens, seed):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(device)  # noqa: E731
+def random_op_inputs(family, B, T, H, K, V, N=None, gate_offset=0.0, strength=1.0, generator=None,
+                     dtype=torch.float64, device=None):
+    """Random inputs of an op: (q, k [B, T, H, K], v [B, T, H, V], g, h0 [N or B, H, K, V]); standard normal
+    draws in `dtype` from `generator` (on its device, else `device`), then moved to `device`. g: None for linear
+    attention and retention, log decays logsigmoid(randn + gate_offset) · strength of shape [B, T, H] (simple
+    GLA) or [B, T, H, K] (GLA; family "gla" or "gated_linear_attention"). The one builder of the tests, the
+    self-check and the GPU scripts, which differ only in offsets, strengths, dtypes and devices."""
+    where = generator.device if generator is not None else device
+
+    def r(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype, device=where).to(device or where)
+    q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
+    g = None
+    if family == "simple_gla":
+        g = F.logsigmoid(r(B, T, H) + gate_offset) * strength
+    elif family in ("gla", "gated_linear_attention"):
+        g = F.logsigmoid(r(B, T, H, K) + gate_offset) * strength
+    return q, k, v, g, r(N if N is not None else B, H, K, V)
+
+
+def _inputs(family, device, T, H, K, V, cu_seqlens, seed):
     N = 2 if cu_seqlens is None else len(cu_seqlens) - 1
     B = 2 if cu_seqlens is None else 1
-    x = {"q": r(B, T, H, K), "k": r(B, T, H, K), "v": r(B, T, H, V), "initial_state": r(N, H, K, V)}
-    if family == "simple_gla":
-        x["g"] = F.logsigmoid(r(B, T, H) + 2)
-    elif family == "gated_linear_attention":
-        x["g"] = F.logsigmoid(r(B, T, H, K) + 2)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    q, k, v, g, h0 = random_op_inputs(family, B, T, H, K, V, N=N, gate_offset=2.0, generator=gen, device=device)
+    x = {"q": q, "k": k, "v": v, "initial_state": h0}
+    if g is not None:
+        x["g"] = g
     return x
 
 
@@ -61,7 +79,7 @@ def check(device=None, backend=None, T=300, H=4, K=64, V=64, dtypes=None, verbos
     for family in FAMILIES:
         for varlen in (False, True):
             c = cu if varlen else None
-            x = _inputs(family, torch.float64, device, T, H, K, V, c, seed=len(results) + 1)
+            x = _inputs(family, device, T, H, K, V, c, seed=len(results) + 1)
             ref = _run(family, x, torch.float64, "recurrent", "torch", c)
             for dtype in dtypes:
                 for mode in ("chunk", "recurrent"):

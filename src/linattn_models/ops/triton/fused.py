@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _new
+from . import _new, _np2
 
 _ROWS = 16          # rows per program in the norm kernels
 _BLOCK = 2048       # elements per program in the elementwise kernels
@@ -18,10 +18,6 @@ _BLOCK = 2048       # elements per program in the elementwise kernels
 
 def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _np2(x):
-    return triton.next_power_of_2(int(x))
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,7 +94,7 @@ class _RMSNorm(torch.autograd.Function):
         rstd = _new((N,), torch.float64 if x.dtype == torch.float64 else torch.float32, x.device)
         w = weight if weight is not None else x2
         _rms_norm_fwd_kernel[(triton.cdiv(N, _ROWS),)](
-            x2, g2, w, y, rstd, N, D, eps, BR=_ROWS, BD=_np2(D), ACC=_acc(x.dtype),
+            x2, g2, w, y, rstd, N, D, eps, BR=_ROWS, BD=_np2(D, 1), ACC=_acc(x.dtype),
             HAS_W=weight is not None, HAS_G=gate is not None)
         ctx.save_for_backward(x2, g2 if gate is not None else None, weight, rstd)
         ctx.shape, ctx.gate_dtype = x.shape, None if gate is None else gate.dtype
@@ -115,7 +111,7 @@ class _RMSNorm(torch.autograd.Function):
         dw = _new((P, D), rstd.dtype, x2.device) if weight is not None else None
         _rms_norm_bwd_kernel[(P,)](
             x2, g2 if g2 is not None else x2, weight if weight is not None else x2, rstd, dy, dx,
-            dg if dg is not None else dx, dw if dw is not None else dx, N, D, BR=_ROWS, BD=_np2(D),
+            dg if dg is not None else dx, dw if dw is not None else dx, N, D, BR=_ROWS, BD=_np2(D, 1),
             ACC=_acc(x2.dtype), HAS_W=weight is not None, HAS_G=g2 is not None)
         dweight = dw.sum(0).to(weight.dtype) if weight is not None else None
         return (dx.view(ctx.shape), dweight, None if dg is None else dg.view(ctx.shape), None, None)
@@ -167,7 +163,7 @@ def _rotate(q, k, pos, inv_freq, sign):
     q, k = q.contiguous(), k.contiguous()
     qo, ko = _new(q.shape, q.dtype, q.device), _new(k.shape, k.dtype, k.device)
     cos_t, sin_t = _tables(pos, inv_freq, q.dtype)
-    BH, BD2 = _np2(H), _np2(D // 2)
+    BH, BD2 = _np2(H, 1), _np2(D // 2, 1)
     BR = max(1, min(16, 4096 // (BH * BD2)))
     _rotary_kernel[(triton.cdiv(NR, BR),)](q, k, qo, ko, cos_t, sin_t, NR, H, D, SIGN=sign, BR=BR, BH=BH,
                                            BD2=BD2, ACC=_acc(q.dtype))

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _dummy, _new
+from . import _dummy, _new, _np2
 
 
 @triton.jit
@@ -87,7 +87,7 @@ def normalizer_bwd_kernel(q, k, z0, dden, dzT, dq, dk, dz0, cu_seqlens, T, H, K,
 def _launch_shape(q, cu_seqlens):
     B, T, H, K = q.shape
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    BK = max(16, triton.next_power_of_2(K))
+    BK = _np2(K)
     BT = max(16, min(64, 8192 // BK))
     return B, T, H, K, N, BK, BT
 

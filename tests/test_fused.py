@@ -94,8 +94,9 @@ def test_rotary(dtype, B, T, H, D):
     pos = torch.randint(0, 5000, (B, T))
     inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
     fn = kernel(dtype, "rotary")
-    tri = (lambda q, k: fn(q, k, pos, inv_freq)) if fn else (lambda q, k: fused.rotary(q, k, pos, inv_freq,
-                                                                                       backend="triton"))
+    f = pos.reshape(-1).double()[:, None] * inv_freq.double()[None, :]  # float64 tables for the float64 kernel
+    tri = (lambda q, k: fn(q, k, f.cos(), f.sin())) if fn else (lambda q, k: fused.rotary(q, k, pos, inv_freq,
+                                                                                          backend="triton"))
     ref = lambda q, k: fused.rotary(q, k, pos, inv_freq.double(), backend="torch")  # noqa: E731
     # positions up to 5000 make cos/sin arguments ~5e3: float32 rounds them to ~2e-4 absolute, hence the
     # float32 kernel vs float64 reference is compared at 1e-3 there (the torch float32 path does the same)
@@ -226,3 +227,27 @@ def test_cross_entropy_sum_backward_scale_is_not_rounded():
     big = b.grad.abs() > 1e-3
     bias = (a.grad.double()[big] / b.grad[big]).mean().item() - 1
     assert abs(bias) < 5e-4, bias
+
+
+def test_rotary_tables_shared_within_a_pass(monkeypatch):
+    """Calls with the same positions tensor and share_key reuse one pair of cos/sin tables (the layers of one
+    forward pass); a new positions tensor, an in-place change of it, or another key make new ones; results
+    equal the unshared call."""
+    made = []
+    real_cos = torch.Tensor.cos
+    monkeypatch.setattr(torch.Tensor, "cos", lambda self: made.append(1) or real_cos(self))
+    torch.manual_seed(2)
+    q, k = torch.randn(2, 9, 3, 8), torch.randn(2, 9, 3, 8)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+    pos = torch.arange(9).repeat(2, 1)
+    plain = fused.rotary(q, k, pos, inv_freq, backend="triton")
+    n0 = len(made)
+    a = [fused.rotary(q, k, pos, inv_freq, backend="triton", share_key=("b", 8)) for _ in range(3)]
+    assert len(made) == n0 + 1
+    for x in a:
+        assert all(torch.equal(u, v) for u, v in zip(x, plain))
+    pos.add_(1)  # in place: must not reuse the old tables
+    b = fused.rotary(q, k, pos, inv_freq, backend="triton", share_key=("b", 8))
+    assert len(made) == n0 + 2 and not torch.equal(b[0], plain[0])
+    fused.rotary(q, k, pos, inv_freq * 2, backend="triton", share_key=("other", 8))
+    assert len(made) == n0 + 3

@@ -27,7 +27,9 @@ class RotaryEmbedding(nn.Module):
         inv_freq = self.inv_freq
         if inv_freq.dtype not in (torch.float32, torch.float64):  # model.to(bf16) cast the buffer: recompute
             inv_freq = self.compute_inv_freq(q.device)
-        return rotary(q, k, positions, inv_freq)
+        # inv_freq is derived from (base, dim) alone (non-persistent, recomputed above when cast): that pair
+        # stands for its values, so layers of one model share their cos/sin tables within a forward pass
+        return rotary(q, k, positions, inv_freq, share_key=(self.base, self.dim))
 
     def extra_repr(self):
         return f"dim={self.dim}, base={self.base}"

@@ -9,6 +9,8 @@ the torch path (the float64 model runs are references, kept to torch's math). LI
 that misbehaves on some device.
 """
 import os
+import threading
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -46,21 +48,46 @@ def rms_norm(x, weight, eps, gate=None, out_dtype=None, backend=None):
     return y.to(out_dtype)
 
 
-def rotary(q, k, positions, inv_freq, backend=None):
+def rotary(q, k, positions, inv_freq, backend=None, share_key=None):
     """RoPE (rotate-half) of q, k [B, T, H, D] at integer positions [B, T] with frequencies inv_freq [D/2]:
-    x·cos(pθ) + rotate_half(x)·sin(pθ), in float32 (float64 for float64); returns (q, k) in their dtypes."""
+    x·cos(pθ) + rotate_half(x)·sin(pθ), in float32 (float64 for float64); returns (q, k) in their dtypes.
+
+    share_key: a hashable that stands for inv_freq's values (RotaryEmbedding passes (base, dim)). On the Triton
+    path the cos/sin tables made for one positions tensor (same object, unmodified) and key are reused by the
+    next call with the same ones: the layers of a model get the same positions tensor in one forward pass,
+    so the tables are made once per pass instead of once per layer and direction (4 small kernels each)."""
     if q.shape != k.shape or q.ndim != 4 or q.shape[-1] % 2:
         raise ValueError(f"rotary: q and k must be [B, T, H, D] of one shape with D even, got {tuple(q.shape)} "
                          f"and {tuple(k.shape)}")
     if positions.shape != q.shape[:2]:
         raise ValueError(f"rotary: positions must be [B, T] = {tuple(q.shape[:2])}, got {tuple(positions.shape)}")
     if _use_triton(q, backend):
-        return triton_ops().fused.rotary(q, k, positions, inv_freq)
+        return triton_ops().fused.rotary(q, k, *_rotary_tables(positions, inv_freq, share_key))
     dt = compute_dtype(q)
     freqs = positions.to(dt)[..., None] * inv_freq.to(q.device, dt)  # [B, T, D/2]
     emb = torch.cat([freqs, freqs], dim=-1)[:, :, None, :]  # [B, T, 1, D]
     cos, sin = emb.cos(), emb.sin()
     return _rotate_half(q, cos, sin), _rotate_half(k, cos, sin)
+
+
+_last_tables = threading.local()
+
+
+def _rotary_tables(positions, inv_freq, share_key):
+    """cos and sin of p·θ as [B·T, D/2] float32 tables, made by torch (as the torch path: Triton's fp32 sin/cos
+    may lower to approximate instructions whose error grows with the argument, up to T rad), reused for the
+    same positions tensor and share_key (see rotary). Not kept while a CUDA graph is captured (they would live
+    in the graph's memory pool)."""
+    keep = share_key is not None and not (positions.is_cuda and torch.cuda.is_current_stream_capturing())
+    key = (share_key, positions._version, positions.device)
+    last = getattr(_last_tables, "entry", None)
+    if keep and last is not None and last[0]() is positions and last[1] == key:
+        return last[2]
+    f = positions.reshape(-1).to(torch.float32)[:, None] * inv_freq.to(positions.device, torch.float32)[None, :]
+    tables = (f.cos(), f.sin())
+    if keep:
+        _last_tables.entry = (weakref.ref(positions), key, tables)
+    return tables
 
 
 def _rotate_half(x, cos, sin):

@@ -149,20 +149,11 @@ def _rotate_tile(src, dst, off, half, m, cos, sin, ACC: tl.constexpr):
     tl.store(dst + off + half, (x2 * cos + x1 * sin).to(dst.dtype.element_ty), mask=m)
 
 
-def _tables(pos, inv_freq, dtype):
-    """cos and sin of pos·θ [NR, D/2], by torch in float32 (float64 for float64), as the torch path: Triton's
-    fp32 sin/cos may lower to approximate instructions whose error grows with the argument (up to T rad)."""
-    dt = torch.float64 if dtype == torch.float64 else torch.float32
-    f = pos.to(dt)[:, None] * inv_freq.to(dt)[None, :]
-    return f.cos(), f.sin()
-
-
-def _rotate(q, k, pos, inv_freq, sign):
+def _rotate(q, k, cos_t, sin_t, sign):
     B, T, H, D = q.shape
     NR = B * T
     q, k = q.contiguous(), k.contiguous()
     qo, ko = _new(q.shape, q.dtype, q.device), _new(k.shape, k.dtype, k.device)
-    cos_t, sin_t = _tables(pos, inv_freq, q.dtype)
     BH, BD2 = _np2(H, 1), _np2(D // 2, 1)
     BR = max(1, min(16, 4096 // (BH * BD2)))
     _rotary_kernel[(triton.cdiv(NR, BR),)](q, k, qo, ko, cos_t, sin_t, NR, H, D, SIGN=sign, BR=BR, BH=BH,
@@ -172,20 +163,20 @@ def _rotate(q, k, pos, inv_freq, sign):
 
 class _Rotary(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, positions, inv_freq):
-        pos = positions.reshape(-1)
-        ctx.save_for_backward(pos, inv_freq)
-        return _rotate(q, k, pos, inv_freq, 1.0)
+    def forward(ctx, q, k, cos_t, sin_t):
+        ctx.save_for_backward(cos_t, sin_t)
+        return _rotate(q, k, cos_t, sin_t, 1.0)
 
     @staticmethod
     def backward(ctx, dq, dk):
-        pos, inv_freq = ctx.saved_tensors
-        dq, dk = _rotate(dq, dk, pos, inv_freq, -1.0)
+        cos_t, sin_t = ctx.saved_tensors
+        dq, dk = _rotate(dq, dk, cos_t, sin_t, -1.0)
         return dq, dk, None, None
 
 
-def rotary(q, k, positions, inv_freq):
-    return _Rotary.apply(q, k, positions, inv_freq)
+def rotary(q, k, cos_t, sin_t):
+    """q, k [B, T, H, D] rotated by the angles whose cos and sin tables [B·T, D/2] (contiguous) are given."""
+    return _Rotary.apply(q, k, cos_t, sin_t)
 
 
 # --- SwiGLU: silu(g) * u --------------------------------------------------------------------------------------------

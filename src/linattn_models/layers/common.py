@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..modules import ShortConvolution
+from ..modules import ShortConvolution, linear_recomputing_input
+from ..ops.fused import rms_norm
 from ..ops.reference import compute_dtype
 
 ATTN_MODES = ("auto", "chunk", "recurrent")
@@ -127,6 +128,14 @@ class TokenMixer(nn.Module):
             v = self.conv(self.v_conv1d, v, cache, "conv_v", padding)
         H = self.num_heads
         return q.view(B, T, H, self.head_k_dim), k.view(B, T, H, self.head_k_dim), v.view(B, T, H, self.head_v_dim)
+
+    def gated_output(self, o, gate):
+        """o_proj(g_norm(o, gate)) for mixers with a GatedRMSNorm `g_norm` and an output projection `o_proj`
+        (RetNet, GLA): o, gate [B, T, H, V]. The gated norm's output is recomputed in the backward, not kept."""
+        B, T = o.shape[:2]
+        norm = self.g_norm
+        return linear_recomputing_input(
+            self.o_proj, lambda o, g, w: rms_norm(o, w, norm.eps, gate=g).reshape(B, T, -1), o, gate, norm.weight)
 
     def conv(self, conv_module, x, cache, name, padding):
         """Run a ShortConvolution, reading/writing its state `name` in the cache."""

@@ -10,8 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..ops.fused import rms_norm
-from ..modules import GatedRMSNorm, linear_recomputing_input
+from ..modules import GatedRMSNorm
 from .common import TokenMixer, attend
 
 
@@ -41,6 +40,4 @@ class GatedLinearAttention(TokenMixer):
                           output_final_state=cache is not None, padding=padding, mode=self.mode)
         self.set_state(cache, "recurrent", state)
         gate = self.g_proj(x).view(B, T, H, self.head_v_dim)
-        norm = self.g_norm
-        return linear_recomputing_input(  # the gated norm's output is recomputed in the backward, not kept
-            self.o_proj, lambda o, g, w: rms_norm(o, w, norm.eps, gate=g).reshape(B, T, -1), o, gate, norm.weight)
+        return self.gated_output(o, gate)

@@ -11,8 +11,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from ..ops.fused import rms_norm
-from ..modules import GatedRMSNorm, RotaryEmbedding, linear_recomputing_input
+from ..modules import GatedRMSNorm, RotaryEmbedding
 from .common import TokenMixer, attend
 
 
@@ -37,6 +36,4 @@ class MultiScaleRetention(TokenMixer):
                           output_final_state=cache is not None, padding=padding, mode=self.mode)
         self.set_state(cache, "recurrent", state)
         gate = self.g_proj(x).view(B, T, self.num_heads, self.head_v_dim)
-        norm = self.g_norm
-        return linear_recomputing_input(  # the gated norm's output is recomputed in the backward, not kept
-            self.o_proj, lambda o, g, w: rms_norm(o, w, norm.eps, gate=g).reshape(B, T, -1), o, gate, norm.weight)
+        return self.gated_output(o, gate)

@@ -10,10 +10,12 @@
 #   STEP=5  ops: where the time goes (torch.profiler kernels vs wall) for linear attention and retention, 2K/4K
 #   STEP=6  models: correctness of the three 370M models (check_models_gpu.py) + the decode-graph tests (~4 min)
 #   STEP=7  kernels: GLA / simple GLA correctness vs float64 after the A-kernel change (without fla's autotuning)
+#   STEP=8  ops: GLA's sub-chunk matmul path vs the elementwise one (sweep_gla_A_gpu.py), then GLA and simple
+#           GLA timed without fla (2K/4K/8K, with a profile)
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.
 set -uo pipefail
-OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..7}
+OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..8}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1
@@ -37,6 +39,10 @@ case "$step" in
   7) timeout 300 python3 scripts/check_kernels_gpu.py --sections correct --families gla simple_gla \
        --fla-families linear retention --budget-s 250 --out "$OUT" > "$OUT/check_kernels_gla.txt" 2>&1
      grep -E "ok |BAD|ERROR|correctness|worst" "$OUT/check_kernels_gla.txt" ;;
-  *) echo "STEP must be 1..7" >&2; exit 2 ;;
+  8) timeout 150 python3 scripts/sweep_gla_A_gpu.py --T 2048 4096 8192 --configs '[{}, {"diag_limit": 0.0}]' \
+       2>&1 | grep -v Warning | tee "$OUT/sweep_gla_diag.txt" | grep -E "fwd\+bwd|profile|vector|intra|dqk"
+     timeout 150 python3 scripts/benchmark_ops.py --ops gla simple_gla --T 2048 4096 8192 --extra-D --no-fla \
+       --profile ours --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_gla_nofla.txt" | tail -8 ;;
+  *) echo "STEP must be 1..8" >&2; exit 2 ;;
 esac
 done

@@ -170,3 +170,11 @@ def test_gate_grad_error_does_not_grow_with_length():
     ref = run("simple_gla", "torch", q.double(), k.double(), v.double(), g.double(), None, "chunk")
     err = {n: ((got[n].double() - ref[n]).norm() / ref[n].norm()).item() for n in ("dq", "dk", "dg")}
     assert err["dg"] <= 2 * max(err["dq"], err["dk"]), err
+
+
+@pytest.mark.parametrize("diag_limit", [0.0, 80.0])
+def test_vector_gate_both_sub_chunk_paths(monkeypatch, diag_limit):
+    """GLA's sub-chunk blocks: 0 sends every sub-chunk down the elementwise path, 80 every one (decays here are
+    ~15 per sub-chunk) through the rebased matmuls; both must match the reference."""
+    monkeypatch.setitem(triton_ops().OVERRIDES, "diag_limit", diag_limit)
+    check("gla", *make_inputs("gla", 2, 77, 2, 40, 24))

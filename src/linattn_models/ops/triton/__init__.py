@@ -17,7 +17,8 @@ measured. Boundary states are kept in bf16 for bf16 inputs (they are tl.dot oper
 otherwise; fp16 inputs cast the fp32 state to fp16 for the tensor-core product (as fla does), so states beyond
 fp16's range (65504) would overflow there: use bf16 or fp32 for such inputs. Then the reverse states pass (dS per chunk,
 dh0) → [dA, intra] → dv → dq, dk (+ rowsum(S_C ⊙ dS_C) per chunk) → dg (chunk-local reverse cumsum of
-q⊙dq − k⊙dk plus that chunk-end term: common.py says why per chunk, not per sequence).
+q⊙dq − k⊙dk plus that chunk-end term: common.py says why per chunk, not per sequence; the vector gate's in the
+dq, dk kernel itself, which holds its K block's fp32 dq, dk, so they leave it in the input dtype).
 mode="recurrent" runs recurrent.py forward and the same chunked backward (identical math).
 
 Varlen (cu_seqlens): chunks are numbered per sequence (a chunk never crosses a boundary); a small index
@@ -87,6 +88,9 @@ def _default_config(K, V, big):
     (Hopper: 227 KB) take 128-wide K tiles in the output kernel, which then reads q once per V block.
     BK_A = 32: the vector gate's A kernel holds a [BC, BC, BK_A] product in registers; on an H100 (B=4, H=16,
     T=4K, K=128, bf16) it took 0.80 ms per fwd+bwd at 32, 1.21 at 64, 0.89 at 16 (scripts/sweep_gla_A_gpu.py).
+    diag_limit = 30: a vector-gate sub-chunk (16 rows) whose log decay is at most 30 takes the matmul path
+    (chunk_fwd.py): bf16/fp32 hold the e^30-scaled operands with room to spare; stronger decays take the
+    elementwise path.
     """
     cfg = dict(BT=64, BC=16,
                BK_state=min(64, _np2(K)), BV_state=min(64, _np2(V)),
@@ -95,7 +99,7 @@ def _default_config(K, V, big):
                BK_dqk=min(64, _np2(K)), BV_dqk=min(64, _np2(V)),
                BK_A=min(32, _np2(K)), BV_dA=min(64, _np2(V)), BK_intra=min(64, _np2(K)),
                BK_rec=_np2(K), BV_rec=min(_np2(V), max(16, 8192 // _np2(K))),
-               num_warps=4, num_stages=2 if big else 1)
+               diag_limit=30.0, num_warps=4, num_stages=2 if big else 1)
     return cfg
 
 
@@ -133,6 +137,10 @@ class _Problem:
         self.launch = dict(num_warps=self.cfg["num_warps"], num_stages=self.cfg["num_stages"])
         self.prec = _dot_precision(q.dtype)
         self.hdtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
+        # vector gate: a sub-chunk whose decay is at most e^-diag_limit joins the rebased matmuls, its operands
+        # scaled by up to e^diag_limit (chunk_fwd.py); fp16 (max 65504) cannot hold that: 0 there, so only a
+        # sub-chunk without decay does (factors exactly 1). Must be >= 0: it also clamps valid exponents.
+        self.diag_limit = 0.0 if q.dtype == torch.float16 else float(self.cfg["diag_limit"])
         BT = self.cfg["BT"]
         self.varlen = cu_seqlens is not None
         if self.varlen:
@@ -180,7 +188,7 @@ class _Problem:
         A = _new((self.TT, self.H, c["BT"]), torch.float32, self.device)
         chunk_vector_A_kernel[(c["BT"] // c["BC"], self.NT, self.H)](
             self.q, self.k, b, A, self.cu, self.chunk_indices, self.scale, self.T, self.H, self.K, c["BT"],
-            c["BC"], c["BK_A"], self.varlen, self.prec, **self.launch)
+            c["BC"], c["BK_A"], _np2(self.K), self.diag_limit, self.varlen, self.prec, **self.launch)
         return A
 
     # --- forward --------------------------------------------------------------------------------------
@@ -220,39 +228,40 @@ class _Problem:
         c = self.cfg
         TT, H, K, V, BT = self.TT, self.H, self.K, self.V, c["BT"]
         do = do.to(self.dtype).contiguous().view(TT, H, V)
-        need_dg = self.GATE in (GATE_SCALAR, GATE_VECTOR)
         b = self.local_cumsum()
         h, _ = self.states(self.k, self.v, b, h0, False, False)
         dh, dh0 = self.states(self.q, do, b, dht, want_dh0, True)
-        gdtype = torch.float32 if need_dg else self.dtype
+        vector = self.GATE == GATE_VECTOR
+        # dq, dk in fp32 where the scalar gate's dg is formed from them afterwards, else in the input dtype
+        gdtype = torch.float32 if self.GATE == GATE_SCALAR else self.dtype
         dq = _new((TT, H, K), gdtype, self.device)
         dk = _new((TT, H, K), gdtype, self.device)
-        A = self.dummy
-        if self.GATE == GATE_VECTOR:
+        A = dqi = dki = self.dummy
+        if vector:
             A = self.vector_A(b) if A_kept is None else A_kept
             dA = _new((TT, H, BT), torch.float32, self.device)
             chunk_vector_dA_kernel[(self.NT, H)](
                 self.v, do, dA, self.cu, self.chunk_indices, self.scale, self.T, H, V, BT, c["BV_dA"],
                 self.varlen, self.prec, **self.launch)
+            dqi = _new((TT, H, K), torch.float32, self.device)  # the intra-chunk sums, finished by dqk
+            dki = _new((TT, H, K), torch.float32, self.device)
             chunk_vector_intra_bwd_kernel[(_cdiv(K, c["BK_intra"]) * (BT // c["BC"]), self.NT, H)](
-                self.q, self.k, b, dA, dq, dk, self.cu, self.chunk_indices, self.T, H, K, BT, c["BC"],
-                c["BK_intra"], self.varlen, self.prec, **self.launch)
+                self.q, self.k, b, dA, dqi, dki, self.cu, self.chunk_indices, self.T, H, K, BT, c["BC"],
+                c["BK_intra"], _np2(K), self.diag_limit, self.varlen, self.prec, **self.launch)
         dv = _new((TT, H, V), self.dtype, self.device)
         chunk_dv_kernel[(_cdiv(V, c["BV_dv"]), self.NT, H)](
             self.q, self.k, do, b, self.g_head, dh, A, dv, self.cu, self.chunk_indices, self.scale, self.T,
             H, K, V, BT, c["BK_dv"], c["BV_dv"], self.GATE, self.varlen, self.prec, **self.launch)
-        dgc = _new((self.NT, H, K), torch.float32, self.device) if need_dg else self.dummy
+        dg = _new(self.g.shape, self.g.dtype, self.device) if vector else None  # written by dqk
+        dgc = _new((self.NT, H, K), torch.float32, self.device) if self.GATE == GATE_SCALAR else dg
         chunk_dqk_kernel[(_cdiv(K, c["BK_dqk"]), self.NT, H)](
-            self.q, self.k, self.v, do, b, self.g_head, h, dh, dq, dk, dgc, self.cu, self.chunk_indices,
-            self.scale, self.T, H, K, V, BT, c["BK_dqk"], c["BV_dqk"], self.GATE, self.varlen, self.prec,
-            **self.launch)
-        dg = None
-        if need_dg:
-            scalar = self.GATE == GATE_SCALAR
-            BK = _np2(K) if scalar else min(64, _np2(K))
+            self.q, self.k, self.v, do, b, self.g_head, h, dh, dqi, dki, dq, dk,
+            dgc if dgc is not None else self.dummy, self.cu, self.chunk_indices, self.scale, self.T, H, K, V, BT,
+            c["BK_dqk"], c["BV_dqk"], self.GATE, self.varlen, self.prec, **self.launch)
+        if self.GATE == GATE_SCALAR:
             dg = _new(self.g.shape, torch.float32, self.device)
-            gate_grad_kernel[(_cdiv(K, BK), self.NT, H)](
-                self.q, self.k, dq, dk, dgc, dg, self.cu, self.chunk_indices, self.T, H, K, BT, BK, scalar,
+            gate_grad_kernel[(1, self.NT, H)](
+                self.q, self.k, dq, dk, dgc, dg, self.cu, self.chunk_indices, self.T, H, K, BT, _np2(K),
                 self.varlen, **self.launch)
         return dq, dk, dv, dg, dh0
 

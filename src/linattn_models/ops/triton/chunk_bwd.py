@@ -6,19 +6,21 @@ its leaving state (both from states.py), b the chunk-local cumulative log gate, 
     dq_i  = s (dO_i S_0ᵀ) ⊙ e^{b_i} + Σ_{j≤i} dA_ij (k_j ⊙ e^{b_i − b_j})
     dk_j  = (v_j dS_Cᵀ) ⊙ e^{b_C − b_j} + Σ_{i≥j} dA_ij (q_i ⊙ e^{b_i − b_j})
 
-The gate gradient follows from the full dq, dk (common.gate_grad_kernel). For gates none/head/scalar the intra
+The gate gradient follows from the full dq, dk (chunk_dqk_kernel for the vector gate, common.gate_grad_kernel
+for the scalar one). For gates none/head/scalar the intra
 sums are two matmuls with the masked factor e^{b_i − b_j} on chip; transposed products are computed from loaded
 operands (dAᵀ = V dOᵀ, Aᵀ = K Qᵀ), never by transposing a dot result (a Hopper miscompile, GPU.md). For the vector
 gate, `chunk_vector_dA_kernel` stores dA and `chunk_vector_intra_bwd_kernel` forms the intra sums in sub-chunks
-of BC rows, rebased on a row between i and j so no exponent is positive:
+of BC rows, rebased on a row between i and j:
     dq_i += e^{b_i − b_p} ⊙ Σ_{j≤p} dA_ij (k_j ⊙ e^{b_p − b_j})      p = last row before i's sub-chunk
     dk_j += e^{b_m − b_j} ⊙ Σ_{i>m} dA_ij (q_i ⊙ e^{b_i − b_m})      m = last row of j's sub-chunk
-and elementwise inside the sub-chunk.
+and the sub-chunk's own block either joins these matmuls (its decay at most e^-LIMIT, as in chunk_fwd.py) or is
+summed elementwise with no positive exponent.
 """
 import triton
 import triton.language as tl
 
-from .common import chunk_bounds, load_tile, store_tile
+from .common import chunk_bounds, load_tile, store_tile, sub_chunk_fits
 
 
 @triton.jit
@@ -77,14 +79,15 @@ def chunk_dv_kernel(q, k, do, gb, gh, dh, A, dv, cu_seqlens, chunk_indices, scal
 
 
 @triton.jit
-def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dq, dk, dgc, cu_seqlens, chunk_indices, scale, T,
+def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dqi, dki, dq, dk, dgc, cu_seqlens, chunk_indices, scale, T,
                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                      BV: tl.constexpr, GATE: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dq, dk [T, H, K] for chunk i_t, K block i_k. GATE 3: dq, dk already hold the intra sums; add the rest.
+    """dq, dk [T, H, K] for chunk i_t, K block i_k. GATE 3: dqi, dki (fp32) hold the intra sums; add the rest.
 
-    Gates 2, 3 also store dgc [NT, H, K] = rowsum(S_C ⊙ dS_C), S_C the state leaving the chunk:
+    The gate gradient needs the chunk-end term rowsum(S_C ⊙ dS_C), S_C the state leaving the chunk:
         rowsum(S_C ⊙ dS_C) = e^{b_C} ⊙ rowsum(S_0 ⊙ dS_C) + Σ_j k_j ⊙ (v_j dS_Cᵀ) ⊙ e^{b_C − b_j}
-    (the chunk-end term of the gate gradient, common.gate_grad_kernel). Grid (K blocks, NT, H).
+    GATE 3 finishes dg here (`dgc` is dg [T, H, K]: this program holds the full-precision dq, dk of its K block);
+    GATE 2 stores the term in dgc [NT, H, K] and common.gate_grad_kernel sums over K. Grid (K blocks, NT, H).
     """
     NEED_DG: tl.constexpr = GATE >= 2
     i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -120,12 +123,15 @@ def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dq, dk, dgc, cu_seqlens, chunk_
         bk = load_tile(gb, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
         b_C = tl.load(gb + ((start + L - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)
         acc_q = acc_q * scale * tl.exp(tl.minimum(bk, 0.0))
-        acc_q += load_tile(dq, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+        acc_q += load_tile(dqi, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
         acc_k = acc_k * tl.exp(tl.minimum(b_C[None, :] - bk, 0.0))
-        kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
-        term = tl.exp(b_C) * hs + tl.sum(kt.to(tl.float32) * acc_k, axis=0)
-        tl.store(dgc + (i_t.to(tl.int64) * H + i_h) * K + rk, term, mask=rk < K)
-        acc_k += load_tile(dk, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+        kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+        term = tl.exp(b_C) * hs + tl.sum(kt * acc_k, axis=0)
+        acc_k += load_tile(dki, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+        # dg_t = Σ_{i ≥ t in the chunk} (q_i ⊙ dq_i − k_i ⊙ dk_i) + term (common.py), from fp32 dq, dk
+        qt = load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+        x = qt * acc_q - kt * acc_k
+        store_tile(dgc, tl.cumsum(x, axis=0, reverse=True) + term[None, :], start, L, i_k * BK, H, K, i_h, BT, BK)
     else:
         causal = rt[:, None] >= rt[None, :]
         causal_t = rt[None, :] >= rt[:, None]
@@ -169,10 +175,12 @@ def chunk_vector_dA_kernel(v, do, dA, cu_seqlens, chunk_indices, scale, T, H: tl
 @triton.jit
 def chunk_vector_intra_bwd_kernel(q, k, gb, dA, dq, dk, cu_seqlens, chunk_indices, T, H: tl.constexpr,
                                   K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                                  VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+                                  KP: tl.constexpr, LIMIT: tl.constexpr, VARLEN: tl.constexpr,
+                                  DOT_PREC: tl.constexpr):
     """Intra-chunk parts of dq, dk (fp32) for the vector gate, rows of sub-chunk i_c, K block i_k.
 
-    Grid (K blocks · BT/BC, NT, H).
+    As in chunk_vector_A_kernel, a sub-chunk that fits (sub_chunk_fits) joins the two matmuls (dq rebased on p,
+    dk on m, exponents ≤ LIMIT); else its own block is summed elementwise. Grid (K blocks · BT/BC, NT, H).
     """
     NC: tl.constexpr = BT // BC
     i_kc, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -181,6 +189,7 @@ def chunk_vector_intra_bwd_kernel(q, k, gb, dA, dq, dk, cu_seqlens, chunk_indice
     dt = q.dtype.element_ty
     r0 = i_c * BC
     if r0 < L:
+        fits = sub_chunk_fits(gb, start, r0, L, i_h, H, K, BC, KP, LIMIT)
         rk = i_k * BK + tl.arange(0, BK)
         rc = tl.arange(0, BC)
         ri = r0 + rc
@@ -188,39 +197,42 @@ def chunk_vector_intra_bwd_kernel(q, k, gb, dA, dq, dk, cu_seqlens, chunk_indice
         bi = load_tile(gb, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
         acc_q = tl.zeros([BC, BK], dtype=tl.float32)
         acc_k = tl.zeros([BC, BK], dtype=tl.float32)
-        # dq from earlier sub-chunks, rebased on p = r0 - 1
-        if i_c > 0:
-            b_p = tl.load(gb + ((start + r0 - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)
-            kj = load_tile(k, start, r0, i_k * BK, H, K, i_h, BT, BK, False, 0.0)  # rows j < r0
-            bj = load_tile(gb, start, r0, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
-            kg = (kj * tl.exp(tl.minimum(b_p[None, :] - bj, 0.0))).to(dt)
+        # dq from columns j < ncol, rebased on p = r0 - 1 (the clamp guards masked rows only, as in the A kernel)
+        ncol = tl.minimum(tl.where(fits, r0 + BC, r0), L)
+        if ncol > 0:
+            b_p = tl.load(gb + ((start + r0 - 1) * H + i_h) * K + rk, mask=rk < tl.where(r0 > 0, K, 0), other=0.0)
+            kj = load_tile(k, start, ncol, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+            bj = load_tile(gb, start, ncol, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+            kg = (kj * tl.exp(tl.minimum(b_p[None, :] - bj, LIMIT))).to(dt)
             dA_i = tl.load(dA + ((start + ri[:, None]) * H + i_h) * BT + rt[None, :],
-                           mask=(ri[:, None] < L) & (rt[None, :] < r0), other=0.0)
+                           mask=(ri[:, None] < L) & (rt[None, :] < ncol), other=0.0)
             acc_q += tl.dot(dA_i.to(dt), kg, input_precision=DOT_PREC) * tl.exp(tl.minimum(bi - b_p[None, :], 0.0))
-        # dk from later sub-chunks, rebased on m = the last valid row of this sub-chunk
+        # dk from rows i >= r_lo (later sub-chunks, and this one when it fits), rebased on m = its last valid row
         m = tl.minimum(r0 + BC, L) - 1
-        if m + 1 < L:
+        r_lo = tl.where(fits, r0, m + 1)
+        if r_lo < L:
             b_m = tl.load(gb + ((start + m) * H + i_h) * K + rk, mask=rk < K, other=0.0)
-            mi = (rt > m) & (rt < L)
+            mi = (rt >= r_lo) & (rt < L)
             qa = tl.load(q + ((start + rt[:, None]) * H + i_h) * K + rk[None, :],
                          mask=mi[:, None] & (rk[None, :] < K), other=0.0)
             ba = tl.load(gb + ((start + rt[:, None]) * H + i_h) * K + rk[None, :],
                          mask=mi[:, None] & (rk[None, :] < K), other=0.0)
-            qg = (qa * tl.exp(tl.minimum(ba - b_m[None, :], 0.0))).to(dt)
+            qg = (qa * tl.exp(tl.minimum(ba - b_m[None, :], LIMIT))).to(dt)
             dA_t = tl.load(dA + ((start + rt[None, :]) * H + i_h) * BT + ri[:, None],
                            mask=mi[None, :] & (ri[:, None] < L), other=0.0)  # [BC (j), BT (i)]
             acc_k += tl.dot(dA_t.to(dt), qg, input_precision=DOT_PREC) * tl.exp(tl.minimum(b_m[None, :] - bi, 0.0))
-        # inside the sub-chunk, elementwise
-        for jj in range(BC):
-            j = r0 + jj
-            mj = rk < tl.where(j < L, K, 0)  # (a scalar & vector mask trips the interpreter)
-            kj1 = tl.load(k + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0).to(tl.float32)
-            qj1 = tl.load(q + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0).to(tl.float32)
-            bj1 = tl.load(gb + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0)
-            # column j of dA for rows i of the sub-chunk (i >= j), and row j of dA for columns of the sub-chunk
-            dA_col = tl.load(dA + ((start + ri) * H + i_h) * BT + j, mask=(ri < L) & (ri >= j), other=0.0)
-            dA_row = tl.load(dA + ((start + j) * H + i_h) * BT + ri, mask=ri <= tl.where(j < L, j, -1), other=0.0)
-            acc_q += dA_col[:, None] * kj1[None, :] * tl.exp(tl.minimum(bi - bj1[None, :], 0.0))
-            acc_k += dA_row[:, None] * qj1[None, :] * tl.exp(tl.minimum(bj1[None, :] - bi, 0.0))
+        if not fits:  # the own block elementwise: no exponent is positive
+            for jj in range(BC):
+                j = r0 + jj
+                mj = rk < tl.where(j < L, K, 0)  # (a scalar & vector mask trips the interpreter)
+                kj1 = tl.load(k + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0).to(tl.float32)
+                qj1 = tl.load(q + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0).to(tl.float32)
+                bj1 = tl.load(gb + ((start + j) * H + i_h) * K + rk, mask=mj, other=0.0)
+                # column j of dA for rows i of the sub-chunk (i >= j), and row j for its columns (i <= j)
+                dA_col = tl.load(dA + ((start + ri) * H + i_h) * BT + j, mask=(ri < L) & (ri >= j), other=0.0)
+                dA_row = tl.load(dA + ((start + j) * H + i_h) * BT + ri, mask=ri <= tl.where(j < L, j, -1),
+                                 other=0.0)
+                acc_q += dA_col[:, None] * kj1[None, :] * tl.exp(tl.minimum(bi - bj1[None, :], 0.0))
+                acc_k += dA_row[:, None] * qj1[None, :] * tl.exp(tl.minimum(bj1[None, :] - bi, 0.0))
         store_tile(dq, acc_q, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK)
         store_tile(dk, acc_k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK)

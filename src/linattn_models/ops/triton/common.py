@@ -2,9 +2,10 @@
 
 - `chunk_bounds`: which sequence a chunk belongs to and the rows it covers (chunks never cross a sequence).
 - `load_tile`:  a masked [R, C] tile of a [T, H, D] tensor at rows start.., columns c0.. (plain pointers).
+- `sub_chunk_fits`: whether a vector-gate sub-chunk's own block may join the rebased matmuls (chunk_fwd.py).
 - `local_cumsum_kernel`: b_i = Σ_{t ≤ i, t in the chunk} g_t, the chunk-local cumulative log gate (fp32).
-- `gate_grad_kernel`: dg_t = Σ_{i ≥ t, same chunk} (q_i ⊙ dq_i − k_i ⊙ dk_i) + rowsum(S_C ⊙ dS_C) (summed over
-  the key dim for a scalar gate). The recurrence S_t = diag(e^{g_t}) S_{t−1} + k_tᵀv_t gives
+- `gate_grad_kernel`: dg_t = Σ_{i ≥ t, same chunk} (q_i ⊙ dq_i − k_i ⊙ dk_i) + rowsum(S_C ⊙ dS_C), summed over
+  the key dim (the scalar gate; the vector gate's is finished in chunk_bwd.chunk_dqk_kernel). The recurrence S_t = diag(e^{g_t}) S_{t−1} + k_tᵀv_t gives
   dg_t = rowsum(diag(e^{g_t}) S_{t−1} ⊙ dS_t) = q_t⊙dq_t − k_t⊙dk_t + dg_{t+1}; stopping the sum at the chunk's
   end C adds rowsum(S_C ⊙ dS_C), dS_C the gradient reaching the state leaving the chunk. KERNELS.md sums to the
   sequence's end instead (one constant rowsum(S_T ⊙ dS_T)); that is exact too, but the summands' rounding then
@@ -78,6 +79,18 @@ def store_tile(ptr, x, start, L, c0, H, D, i_h, R: tl.constexpr, C: tl.constexpr
 
 
 @triton.jit
+def sub_chunk_fits(gb, start, r0, L, i_h, H: tl.constexpr, K: tl.constexpr, BC: tl.constexpr,
+                   KP: tl.constexpr, LIMIT: tl.constexpr):
+    """Whether the sub-chunk at row r0 may be rebased on p = r0 − 1 (b_p = 0 at the chunk start) as a whole:
+    max_d (b_p − b_m) ≤ LIMIT, m its last valid row, so no factor e^{b_p − b_j} of its rows exceeds e^LIMIT."""
+    rk = tl.arange(0, KP)
+    m = tl.minimum(r0 + BC, L) - 1
+    b_p = tl.load(gb + ((start + r0 - 1) * H + i_h) * K + rk, mask=rk < tl.where(r0 > 0, K, 0), other=0.0)
+    b_m = tl.load(gb + ((start + m) * H + i_h) * K + rk, mask=rk < K, other=0.0)
+    return tl.max(b_p - b_m, axis=0) <= LIMIT
+
+
+@triton.jit
 def local_cumsum_kernel(g, b, cu_seqlens, chunk_indices, T, H: tl.constexpr, D: tl.constexpr,
                         BT: tl.constexpr, BD: tl.constexpr, SCALAR: tl.constexpr, VARLEN: tl.constexpr):
     """b = chunk-local cumulative sum of g over time; g, b: [T, H, D], or [T, H] when SCALAR."""
@@ -94,23 +107,18 @@ def local_cumsum_kernel(g, b, cu_seqlens, chunk_indices, T, H: tl.constexpr, D: 
 
 @triton.jit
 def gate_grad_kernel(q, k, dq, dk, dgc, dg, cu_seqlens, chunk_indices, T, H: tl.constexpr, K: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, SCALAR: tl.constexpr, VARLEN: tl.constexpr):
-    """dg_t = Σ_{i ≥ t, same chunk} (q_i ⊙ dq_i − k_i ⊙ dk_i) + dgc[chunk], dgc = rowsum(S_C ⊙ dS_C).
-
-    Grid (K blocks, NT, H); SCALAR: one block covering all of K, summed to one value per token.
+                     BT: tl.constexpr, BK: tl.constexpr, VARLEN: tl.constexpr):
+    """Scalar gate: dg_t = Σ_{i ≥ t, same chunk} Σ_d (q_i ⊙ dq_i − k_i ⊙ dk_i) + Σ_d dgc[chunk],
+    dgc = rowsum(S_C ⊙ dS_C). Grid (1, NT, H), BK ≥ K. (The vector gate's dg is finished in chunk_dqk_kernel.)
     """
-    i_k, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_t, i_h = tl.program_id(1), tl.program_id(2)
     _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
-    rk = i_k * BK + tl.arange(0, BK)
+    rk = tl.arange(0, BK)
     rt = tl.arange(0, BT)
-    x = (load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-         * load_tile(dq, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-         - load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-         * load_tile(dk, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32))
+    x = (load_tile(q, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+         * load_tile(dq, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+         - load_tile(k, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+         * load_tile(dk, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32))
     c = tl.load(dgc + (i_t.to(tl.int64) * H + i_h) * K + rk, mask=rk < K, other=0.0)
-    if SCALAR:
-        out = tl.cumsum(tl.sum(x, axis=1), axis=0, reverse=True) + tl.sum(c, axis=0)
-        tl.store(dg + (start + rt) * H + i_h, out.to(dg.dtype.element_ty), mask=rt < L)
-    else:
-        out = tl.cumsum(x, axis=0, reverse=True) + c[None, :]
-        store_tile(dg, out, start, L, i_k * BK, H, K, i_h, BT, BK)
+    out = tl.cumsum(tl.sum(x, axis=1), axis=0, reverse=True) + tl.sum(c, axis=0)
+    tl.store(dg + (start + rt) * H + i_h, out.to(dg.dtype.element_ty), mask=rt < L)

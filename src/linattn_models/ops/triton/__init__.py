@@ -89,7 +89,7 @@ def _default_config(K, V, big):
     BK_A = 32: the vector gate's A kernel holds a [BC, BC, BK_A] product in registers; on an H100 (B=4, H=16,
     T=4K, K=128, bf16) it took 0.80 ms per fwd+bwd at 32, 1.21 at 64, 0.89 at 16 (scripts/sweep_gla_A_gpu.py).
     diag_limit = 30: a vector-gate sub-chunk (16 rows) whose log decay is at most 30 takes the matmul path
-    (chunk_fwd.py): bf16/fp32 hold the e^30-scaled operands with room to spare; stronger decays take the
+    (chunk_fwd.py): its fp32 operands hold the e^30-scaled values with room to spare; stronger decays take the
     elementwise path.
     """
     cfg = dict(BT=64, BC=16,
@@ -137,10 +137,9 @@ class _Problem:
         self.launch = dict(num_warps=self.cfg["num_warps"], num_stages=self.cfg["num_stages"])
         self.prec = _dot_precision(q.dtype)
         self.hdtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
-        # vector gate: a sub-chunk whose decay is at most e^-diag_limit joins the rebased matmuls, its operands
-        # scaled by up to e^diag_limit (chunk_fwd.py); fp16 (max 65504) cannot hold that: 0 there, so only a
-        # sub-chunk without decay does (factors exactly 1). Must be >= 0: it also clamps valid exponents.
-        self.diag_limit = 0.0 if q.dtype == torch.float16 else float(self.cfg["diag_limit"])
+        # vector gate: a sub-chunk whose decay is at most e^-diag_limit forms its own block as fp32 matmuls, the
+        # operands scaled by up to e^diag_limit (chunk_fwd.py). Must be >= 0: it also clamps valid exponents.
+        self.diag_limit = float(self.cfg["diag_limit"])
         BT = self.cfg["BT"]
         self.varlen = cu_seqlens is not None
         if self.varlen:

@@ -14,8 +14,8 @@ gate, `chunk_vector_dA_kernel` stores dA and `chunk_vector_intra_bwd_kernel` for
 of BC rows, rebased on a row between i and j:
     dq_i += e^{b_i − b_p} ⊙ Σ_{j≤p} dA_ij (k_j ⊙ e^{b_p − b_j})      p = last row before i's sub-chunk
     dk_j += e^{b_m − b_j} ⊙ Σ_{i>m} dA_ij (q_i ⊙ e^{b_i − b_m})      m = last row of j's sub-chunk
-and the sub-chunk's own block either joins these matmuls (its decay at most e^-LIMIT, as in chunk_fwd.py) or is
-summed elementwise with no positive exponent.
+and the sub-chunk's own block either as fp32 (tf32) matmuls on the same rebasings (its decay at most e^-LIMIT, as
+in chunk_fwd.py) or summed elementwise with no positive exponent.
 """
 import triton
 import triton.language as tl
@@ -179,8 +179,9 @@ def chunk_vector_intra_bwd_kernel(q, k, gb, dA, dq, dk, cu_seqlens, chunk_indice
                                   DOT_PREC: tl.constexpr):
     """Intra-chunk parts of dq, dk (fp32) for the vector gate, rows of sub-chunk i_c, K block i_k.
 
-    As in chunk_vector_A_kernel, a sub-chunk that fits (sub_chunk_fits) joins the two matmuls (dq rebased on p,
-    dk on m, exponents ≤ LIMIT); else its own block is summed elementwise. Grid (K blocks · BT/BC, NT, H).
+    As in chunk_vector_A_kernel, the own block of a sub-chunk that fits (sub_chunk_fits) is two fp32 (tf32)
+    matmuls (dq rebased on p, dk on m, exponents ≤ LIMIT); else it is summed elementwise.
+    Grid (K blocks · BT/BC, NT, H).
     """
     NC: tl.constexpr = BT // BC
     i_kc, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -194,34 +195,47 @@ def chunk_vector_intra_bwd_kernel(q, k, gb, dA, dq, dk, cu_seqlens, chunk_indice
         rc = tl.arange(0, BC)
         ri = r0 + rc
         rt = tl.arange(0, BT)
+        qi = load_tile(q, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
+        ki = load_tile(k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
         bi = load_tile(gb, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
-        acc_q = tl.zeros([BC, BK], dtype=tl.float32)
-        acc_k = tl.zeros([BC, BK], dtype=tl.float32)
-        # dq from columns j < ncol, rebased on p = r0 - 1 (the clamp guards masked rows only, as in the A kernel)
-        ncol = tl.minimum(tl.where(fits, r0 + BC, r0), L)
-        if ncol > 0:
-            b_p = tl.load(gb + ((start + r0 - 1) * H + i_h) * K + rk, mask=rk < tl.where(r0 > 0, K, 0), other=0.0)
-            kj = load_tile(k, start, ncol, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
-            bj = load_tile(gb, start, ncol, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
-            kg = (kj * tl.exp(tl.minimum(b_p[None, :] - bj, LIMIT))).to(dt)
-            dA_i = tl.load(dA + ((start + ri[:, None]) * H + i_h) * BT + rt[None, :],
-                           mask=(ri[:, None] < L) & (rt[None, :] < ncol), other=0.0)
-            acc_q += tl.dot(dA_i.to(dt), kg, input_precision=DOT_PREC) * tl.exp(tl.minimum(bi - b_p[None, :], 0.0))
-        # dk from rows i >= r_lo (later sub-chunks, and this one when it fits), rebased on m = its last valid row
+        b_p = tl.load(gb + ((start + r0 - 1) * H + i_h) * K + rk, mask=rk < tl.where(r0 > 0, K, 0), other=0.0)
         m = tl.minimum(r0 + BC, L) - 1
-        r_lo = tl.where(fits, r0, m + 1)
-        if r_lo < L:
-            b_m = tl.load(gb + ((start + m) * H + i_h) * K + rk, mask=rk < K, other=0.0)
-            mi = (rt >= r_lo) & (rt < L)
+        b_m = tl.load(gb + ((start + m) * H + i_h) * K + rk, mask=rk < K, other=0.0)
+        acc_q = tl.zeros([BC, BK], dtype=tl.float32)  # rebased on p: times e^{b_i − b_p} at the end
+        acc_k = tl.zeros([BC, BK], dtype=tl.float32)  # rebased on m: times e^{b_m − b_j} at the end
+        # dq from earlier sub-chunks
+        if i_c > 0:
+            kj = load_tile(k, start, r0, i_k * BK, H, K, i_h, BT, BK, False, 0.0)  # rows j < r0
+            bj = load_tile(gb, start, r0, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+            kg = (kj * tl.exp(tl.minimum(b_p[None, :] - bj, 0.0))).to(dt)
+            dA_i = tl.load(dA + ((start + ri[:, None]) * H + i_h) * BT + rt[None, :],
+                           mask=(ri[:, None] < L) & (rt[None, :] < r0), other=0.0)
+            acc_q += tl.dot(dA_i.to(dt), kg, input_precision=DOT_PREC)
+        # dk from later sub-chunks
+        if m + 1 < L:
+            mi = (rt > m) & (rt < L)
             qa = tl.load(q + ((start + rt[:, None]) * H + i_h) * K + rk[None, :],
                          mask=mi[:, None] & (rk[None, :] < K), other=0.0)
             ba = tl.load(gb + ((start + rt[:, None]) * H + i_h) * K + rk[None, :],
                          mask=mi[:, None] & (rk[None, :] < K), other=0.0)
-            qg = (qa * tl.exp(tl.minimum(ba - b_m[None, :], LIMIT))).to(dt)
+            qg = (qa * tl.exp(tl.minimum(ba - b_m[None, :], 0.0))).to(dt)
             dA_t = tl.load(dA + ((start + rt[None, :]) * H + i_h) * BT + ri[:, None],
                            mask=mi[None, :] & (ri[:, None] < L), other=0.0)  # [BC (j), BT (i)]
-            acc_k += tl.dot(dA_t.to(dt), qg, input_precision=DOT_PREC) * tl.exp(tl.minimum(b_m[None, :] - bi, 0.0))
-        if not fits:  # the own block elementwise: no exponent is positive
+            acc_k += tl.dot(dA_t.to(dt), qg, input_precision=DOT_PREC)
+        acc_q *= tl.exp(tl.minimum(bi - b_p[None, :], 0.0))
+        acc_k *= tl.exp(tl.minimum(b_m[None, :] - bi, 0.0))
+        if fits:
+            # the own block as fp32 (tf32) matmuls on the same rebasings (chunk_vector_A_kernel says why fp32);
+            # factors ≤ e^LIMIT, the clamps only guard masked rows
+            dA_s = tl.load(dA + ((start + ri[:, None]) * H + i_h) * BT + ri[None, :],
+                           mask=(ri[:, None] < L) & (ri[None, :] < L), other=0.0)  # [BC (i), BC (j)]
+            dA_sT = tl.load(dA + ((start + ri[None, :]) * H + i_h) * BT + ri[:, None],
+                            mask=(ri[:, None] < L) & (ri[None, :] < L), other=0.0)  # [BC (j), BC (i)]
+            ks = ki * tl.exp(tl.minimum(b_p[None, :] - bi, LIMIT))
+            qs = qi * tl.exp(tl.minimum(bi - b_m[None, :], LIMIT))
+            acc_q += tl.dot(dA_s, ks, input_precision=DOT_PREC) * tl.exp(tl.minimum(bi - b_p[None, :], 0.0))
+            acc_k += tl.dot(dA_sT, qs, input_precision=DOT_PREC) * tl.exp(tl.minimum(b_m[None, :] - bi, 0.0))
+        else:  # the own block elementwise: no exponent is positive
             for jj in range(BC):
                 j = r0 + jj
                 mj = rk < tl.where(j < L, K, 0)  # (a scalar & vector mask trips the interpreter)

@@ -137,9 +137,12 @@ class _Problem:
         self.launch = dict(num_warps=self.cfg["num_warps"], num_stages=self.cfg["num_stages"])
         self.prec = _dot_precision(q.dtype)
         self.hdtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
-        # vector gate: a sub-chunk whose decay is at most e^-diag_limit forms its own block as fp32 matmuls, the
-        # operands scaled by up to e^diag_limit (chunk_fwd.py). Must be >= 0: it also clamps valid exponents.
+        # vector gate: a sub-chunk whose decay is at most e^-diag_limit forms its own block as matmuls, the
+        # operands scaled by up to e^diag_limit (chunk_fwd.py, chunk_bwd.py). Must be >= 0: it also clamps valid
+        # exponents. The A kernel's operands are in the input dtype: fp16 (max 65504) cannot hold e^30-scaled
+        # values, so there it is 0 (only a sub-chunk without decay, factors exactly 1); the backward's are fp32.
         self.diag_limit = float(self.cfg["diag_limit"])
+        self.diag_limit_A = 0.0 if q.dtype == torch.float16 else self.diag_limit
         BT = self.cfg["BT"]
         self.varlen = cu_seqlens is not None
         if self.varlen:
@@ -187,7 +190,7 @@ class _Problem:
         A = _new((self.TT, self.H, c["BT"]), torch.float32, self.device)
         chunk_vector_A_kernel[(c["BT"] // c["BC"], self.NT, self.H)](
             self.q, self.k, b, A, self.cu, self.chunk_indices, self.scale, self.T, self.H, self.K, c["BT"],
-            c["BC"], c["BK_A"], _np2(self.K), self.diag_limit, self.varlen, self.prec, **self.launch)
+            c["BC"], c["BK_A"], _np2(self.K), self.diag_limit_A, self.varlen, self.prec, **self.launch)
         return A
 
     # --- forward --------------------------------------------------------------------------------------

@@ -10,11 +10,13 @@ With b the chunk-local cumulative log gate (b_i = Σ_{t≤i} g_t inside the chun
 per d and `chunk_vector_A_kernel` computes A first, in sub-chunks of BC rows, rebased on p = the last row
 before the sub-chunk (b_p = 0 for the first):
 
-    A_ij = s (q_i ⊙ e^{b_i − b_p}) · (k_j ⊙ e^{b_p − b_j})       (a matmul)
+    A_ij = s (q_i ⊙ e^{b_i − b_p}) · (k_j ⊙ e^{b_p − b_j})       (one matmul)
 
 The q factor is ≤ 1 for every row of the sub-chunk; the k factor is ≤ 1 for j ≤ p and ≤ e^LIMIT for j inside the
-sub-chunk when its decay is at most e^-LIMIT (checked per sub-chunk at run time: the usual case), where the own
-block is a matmul with fp32 operands (tf32). Else it is formed elementwise in fp32 with no positive exponent.
+sub-chunk when its decay is at most e^-LIMIT (checked per sub-chunk at run time: the usual case). Else the
+sub-chunk's own block is formed elementwise in fp32 with no positive exponent, all (i, j) pairs at once.
+The matmul's operands are in the input dtype: A enters the output kernel's matmul in that dtype anyway (measured
+on an H100: fp32/tf32 operands here tripled this kernel's time). The backward (chunk_bwd.py) uses fp32 there.
 """
 import triton
 import triton.language as tl
@@ -28,51 +30,51 @@ def chunk_vector_A_kernel(q, k, gb, A, cu_seqlens, chunk_indices, scale, T, H: t
                           LIMIT: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """A [T, H, BT] (fp32), rows of sub-chunk i_c of chunk i_t. Grid (BT // BC, NT, H).
 
-    Columns j < r0 are one matmul rebased on p = r0 − 1 (operands in the input dtype). When the sub-chunk `fits`
-    (sub_chunk_fits: the decay across it is at most e^-LIMIT, the usual case), its own block is a second matmul
-    on the same rebasing with fp32 operands (tf32: bf16's 7 mantissa bits there doubled dg's error, since dq's and
-    dk's terms of a pair must round alike to cancel in dg); else (very strong gates) it is formed elementwise in
-    fp32 with no positive exponent at all.
+    Columns j < r0 are one matmul rebased on p = r0 − 1. When the sub-chunk `fits` (sub_chunk_fits: the decay
+    across it is at most e^-LIMIT, the usual case), its own columns join that matmul, their factor e^{b_p − b_j}
+    ≤ e^LIMIT; else (very strong gates) they are formed elementwise in fp32 with no positive exponent at all.
     """
     i_c, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
     r0 = i_c * BC
     if r0 < L:
         fits = sub_chunk_fits(gb, start, r0, L, i_h, H, K, BC, KP, LIMIT)
+        ncol = tl.minimum(tl.where(fits, r0 + BC, r0), L)  # columns in the matmul
         cols = tl.arange(0, BT)
         r = tl.arange(0, BC)[:, None]
         rc = tl.arange(0, BC)[None, :]
         row_ok = (r0 + r) < L
         acc = tl.zeros([BC, BT], dtype=tl.float32)
-        diag = tl.zeros([BC, BC], dtype=tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
             rk = i_k * BK + tl.arange(0, BK)
             qi = load_tile(q, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
             bi = load_tile(gb, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
             b_p = tl.load(gb + ((start + r0 - 1) * H + i_h) * K + rk, mask=rk < tl.where(r0 > 0, K, 0), other=0.0)
+            kt = load_tile(k, start, ncol, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # [BK, BT], j < ncol
+            bt = load_tile(gb, start, ncol, i_k * BK, H, K, i_h, BT, BK, True, 0.0)
+            # exponents: b_p − b_j ≤ 0 for j ≤ p, ≤ LIMIT inside a fitting sub-chunk; the clamp only guards the
+            # masked (zero) columns, whose exponent −b_p may be large
+            kg = kt * tl.exp(tl.minimum(b_p[:, None] - bt, LIMIT))
             qg = qi * tl.exp(tl.minimum(bi - b_p[None, :], 0.0))
-            if i_c > 0:
-                kt = load_tile(k, start, r0, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # [BK, BT], j < r0
-                bt = load_tile(gb, start, r0, i_k * BK, H, K, i_h, BT, BK, True, 0.0)
-                kg = kt * tl.exp(tl.minimum(b_p[:, None] - bt, 0.0))
-                acc += tl.dot(qg.to(q.dtype.element_ty), kg.to(q.dtype.element_ty), input_precision=DOT_PREC)
-            if fits:
-                # own block as an fp32 (tf32) matmul rebased on p: k's factor e^{b_p − b_j} ≤ e^LIMIT (the clamp
-                # only guards masked rows); 10 mantissa bits, so dq and dk's pair terms still cancel in dg
-                ks = load_tile(k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, True, 0.0).to(tl.float32)
-                bs = load_tile(gb, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, True, 0.0)
-                diag += tl.dot(qg, ks * tl.exp(tl.minimum(b_p[:, None] - bs, LIMIT)), input_precision=DOT_PREC)
-            else:
-                # all BC x BC pairs at once as a [BC, BC, BK] product summed over d, no exponent positive (a loop
-                # over the BC columns with a load each was latency-bound: 1.3 ms per call at B=4, H=16, T=2K)
-                kj = load_tile(k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0).to(tl.float32)
-                diag += tl.sum(qi.to(tl.float32)[:, None, :] * kj[None, :, :]
-                               * tl.exp(tl.minimum(bi[:, None, :] - bi[None, :, :], 0.0)), axis=2)
-        # the matmul part lives in columns < r0, the own block in r0..r0+BC (causal there): disjoint stores
+            acc += tl.dot(qg.to(q.dtype.element_ty), kg.to(q.dtype.element_ty), input_precision=DOT_PREC)
         A_rows = A + ((start + r0 + r) * H + i_h) * BT
-        tl.store(A_rows + cols[None, :], acc * scale,
-                 mask=row_ok & ((cols[None, :] < r0) | (cols[None, :] >= r0 + BC)))
-        tl.store(A_rows + r0 + rc, tl.where(r >= rc, diag, 0.0) * scale, mask=row_ok)
+        if fits:
+            tl.store(A_rows + cols[None, :], tl.where(r0 + r >= cols[None, :], acc, 0.0) * scale, mask=row_ok)
+        else:
+            # the sub-chunk's own block: all BC x BC pairs at once as a [BC, BC, BK] product summed over d (a
+            # loop over the BC columns with a load each was latency-bound: 1.3 ms per call at B=4, H=16, T=2K
+            # on an H100, 3x fla's two intra kernels together)
+            diag = tl.zeros([BC, BC], dtype=tl.float32)
+            for i_k in range(tl.cdiv(K, BK)):
+                qi = load_tile(q, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0).to(tl.float32)
+                bi = load_tile(gb, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
+                kj = load_tile(k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0).to(tl.float32)
+                diag += tl.sum(qi[:, None, :] * kj[None, :, :]
+                               * tl.exp(tl.minimum(bi[:, None, :] - bi[None, :, :], 0.0)), axis=2)
+            # the matmul part lives in columns < r0, the own block in r0..r0+BC (causal there): disjoint stores
+            tl.store(A_rows + cols[None, :], acc * scale,
+                     mask=row_ok & ((cols[None, :] < r0) | (cols[None, :] >= r0 + BC)))
+            tl.store(A_rows + r0 + rc, tl.where(r >= rc, diag, 0.0) * scale, mask=row_ok)
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-6 GPU measurements, one device call per step or per few steps (a call may run at most 600 s).
-# fla 0.6.0 wheels in .whl/ (../shared/GPU.md), carried. Still to run after 2026-11-26 (session 4): 1, 4, and 2
-# once more for a same-run fla ratio of the final GLA kernels (steps 2, 7, 8 ran that day).
+# fla 0.6.0 wheels in .whl/ (../shared/GPU.md), carried. Still to run after 2026-11-26 (session 4): 4, and 2
+# once more for a same-run fla ratio of the final GLA kernels (steps 1, 2, 7, 8 ran that day).
 #   STEP=1  decode graphs: tests/test_decode_graph.py + scripts/check_decode_graph_gpu.py (~5 min)
 #   STEP=2  ops: GLA and simple GLA vs fla and SDPA, T 2K/4K/8K, D=128 (fla's chunk_gla autotunes per length:
 #           on a fresh machine its first calls alone took over 250 s)

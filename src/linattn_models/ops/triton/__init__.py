@@ -89,8 +89,8 @@ def _default_config(K, V, big):
     BK_A = 32: the vector gate's A kernel holds a [BC, BC, BK_A] product in registers; on an H100 (B=4, H=16,
     T=4K, K=128, bf16) it took 0.80 ms per fwd+bwd at 32, 1.21 at 64, 0.89 at 16 (scripts/sweep_gla_A_gpu.py).
     diag_limit = 30: a vector-gate sub-chunk (16 rows) whose log decay is at most 30 takes the matmul path
-    (chunk_fwd.py): its fp32 operands hold the e^30-scaled values with room to spare; stronger decays take the
-    elementwise path.
+    (chunk_fwd.py, chunk_bwd.py): bf16/fp32 operands hold the e^30-scaled values with room to spare (fp16: see
+    diag_limit_A in _Problem); stronger decays take the elementwise path.
     """
     cfg = dict(BT=64, BC=16,
                BK_state=min(64, _np2(K)), BV_state=min(64, _np2(V)),

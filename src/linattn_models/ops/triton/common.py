@@ -5,7 +5,8 @@
 - `sub_chunk_fits`: whether a vector-gate sub-chunk's own block may join the rebased matmuls (chunk_fwd.py).
 - `local_cumsum_kernel`: b_i = Σ_{t ≤ i, t in the chunk} g_t, the chunk-local cumulative log gate (fp32).
 - `gate_grad_kernel`: dg_t = Σ_{i ≥ t, same chunk} (q_i ⊙ dq_i − k_i ⊙ dk_i) + rowsum(S_C ⊙ dS_C), summed over
-  the key dim (the scalar gate; the vector gate's is finished in chunk_bwd.chunk_dqk_kernel). The recurrence S_t = diag(e^{g_t}) S_{t−1} + k_tᵀv_t gives
+  the key dim (the scalar gate; the vector gate's is finished in chunk_bwd.chunk_dqk_kernel). The recurrence
+  S_t = diag(e^{g_t}) S_{t−1} + k_tᵀv_t gives
   dg_t = rowsum(diag(e^{g_t}) S_{t−1} ⊙ dS_t) = q_t⊙dq_t − k_t⊙dk_t + dg_{t+1}; stopping the sum at the chunk's
   end C adds rowsum(S_C ⊙ dS_C), dS_C the gradient reaching the state leaving the chunk. KERNELS.md sums to the
   sequence's end instead (one constant rowsum(S_T ⊙ dS_T)); that is exact too, but the summands' rounding then

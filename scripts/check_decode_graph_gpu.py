@@ -5,8 +5,10 @@ Per architecture (configs/<arch>/370m.json), prompt length P (512, 2048, 16384) 
   - greedy `generate` of --new-tokens tokens with graphs on and off: the tokens must be identical; a mismatch
     is reported with the step, the row and the eager top-2 logit gap there (bf16 near-ties are reported, and
     pass when the gap is <= --tie-tol);
-  - timing (median of --repeats): t1 = generate(1 new token) (prefill + first token), tN = generate(N tokens);
-    per-token latency = (tN - t1) / (N - 1), decode tokens/s = B (N - 1) / (tN - t1);
+  - timing: per-token latency = the median interval between consecutive decode steps inside `generate`
+    (a StoppingCriteria synchronises and reads the clock at every step; --repeats generate calls of N tokens),
+    decode tokens/s = B / that latency; t_prefill = generate(1 new token), median of --repeats. (Session 4
+    took (tN - t1) / (N - 1) instead: at a 16K prompt that difference of two totals carried the prefill's jitter);
   - step latency without generate's own per-token work: model(tok, cache) in a loop, graphs on and off;
   - latency@16K / latency@512 (the graph step should not depend on the context).
 Then beam search (num_beams=2) with graphs on == off. Prints a table last; JSON to $OUT (if set). Exit 1 on failure.
@@ -26,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 import transformers  # noqa: E402
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, StoppingCriteria  # noqa: E402
 
 import linattn_models  # noqa: E402
 from linattn_models.models.common import CACHE_OUTPUT_NAME  # noqa: E402
@@ -48,6 +50,25 @@ def build(arch, size):
     model.generation_config.eos_token_id = None  # fixed length: no early stop
     model.generation_config.pad_token_id = cfg.pad_token_id
     return model.eval(), cfg
+
+
+class StepClock(StoppingCriteria):
+    """Reads the clock (after a device sync) each time generate checks whether to stop, i.e. once per step."""
+
+    def __init__(self):
+        self.t = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if input_ids.is_cuda:
+            torch.cuda.synchronize()
+        self.t.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def step_intervals(model, x, graphs, n):
+    clock = StepClock()
+    generate(model, x, graphs, max_new_tokens=n, stopping_criteria=[clock])
+    return [b - a for a, b in zip(clock.t, clock.t[1:])]
 
 
 def generate(model, x, graphs, **kw):
@@ -100,9 +121,7 @@ def run_case(model, vocab, P, B, args):
                            for _ in range(args.repeats))
     row = {"prompt": P, "batch": B, "ok": ok, **detail, "t_prefill_s": t1}
     for name, graphs in (("graph", True), ("eager", False)):
-        tn = statistics.median(sync_time(lambda: generate(model, x, graphs, max_new_tokens=N))[0]
-                               for _ in range(args.repeats))
-        per_tok = max(tn - t1, 1e-9) / (N - 1)
+        per_tok = statistics.median(sum((step_intervals(model, x, graphs, N) for _ in range(args.repeats)), []))
         row[f"{name}_ms_per_token"] = per_tok * 1e3
         row[f"{name}_tokens_per_s"] = B / per_tok
         row[f"{name}_step_ms"] = step_latency(model, x, graphs, args.step_iters) * 1e3
@@ -164,7 +183,7 @@ def main():
                         and b.get("batch") == r["batch"])
             for name in ("graph", "eager"):
                 ratios[(r["arch"], r["batch"], name)] = r[f"{name}_ms_per_token"] / base[f"{name}_ms_per_token"]
-    print(f"\ndecode {args.new_tokens} tokens, greedy, bf16; ms/tok from generate (prefill subtracted), step = "
+    print(f"\ndecode {args.new_tokens} tokens, greedy, bf16; ms/tok = median step interval inside generate, step = "
           f"model(tok, cache) alone; ratio = latency@{max(prompts)} / latency@{min(prompts)}")
     head = ("arch", "P", "B", "tokens", "graph_ms/tok", "graph_tok/s", "graph_step_ms", "eager_ms/tok",
             "eager_tok/s", "eager_step_ms", "speedup")

@@ -493,6 +493,8 @@ def main():
     ap.add_argument("--carry-T", type=int, default=1 << 20, help="tokens carried in pieces ('long' section)")
     ap.add_argument("--carry-pieces", type=int, default=16)
     ap.add_argument("--tiny", action="store_true", help="CPU dry run through the interpreter, tiny shapes")
+    ap.add_argument("--overrides", default=None, help='kernel config overrides (JSON) for every section but '
+                    '"sweep", e.g. \'{"onepass_min_programs": 0}\' forces the one-pass forward')
     args = ap.parse_args()
     global DEVICE, TINY
     if args.tiny:
@@ -505,6 +507,9 @@ def main():
         log(f"fla not importable ({e!r}): ours vs reference only")
         args.fla = False
     RESULTS["meta"] = versions()
+    if args.overrides:
+        kernels().OVERRIDES.update(json.loads(args.overrides))
+        RESULTS["meta"]["overrides"] = json.loads(args.overrides)
     log(json.dumps(RESULTS["meta"]))
     secs = args.sections.split(",")
     try:

@@ -12,10 +12,12 @@
 #   STEP=7  kernels: GLA / simple GLA correctness vs float64 after the A-kernel change (without fla's autotuning)
 #   STEP=8  ops: GLA's sub-chunk matmul path vs the elementwise one (sweep_gla_A_gpu.py), then GLA and simple
 #           GLA timed without fla (2K/4K/8K, with a profile)
+#   STEP=9  ops: the one-pass forward (sweep_onepass_gpu.py: vs the two-kernel form, configs, grid sizes), its
+#           bf16/fp16/fp32 correctness forced on, then linear attention and retention vs fla and SDPA (2K/4K/8K)
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.
 set -uo pipefail
-OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..8}
+OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..9}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1
@@ -43,6 +45,14 @@ case "$step" in
        2>&1 | grep -v Warning | tee "$OUT/sweep_gla_diag.txt" | grep -E "fwd\+bwd|profile|vector|intra|dqk"
      timeout 150 python3 scripts/benchmark_ops.py --ops gla simple_gla --T 2048 4096 8192 --extra-D --no-fla \
        --profile ours --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_gla_nofla.txt" | tail -8 ;;
-  *) echo "STEP must be 1..8" >&2; exit 2 ;;
+  9) timeout 200 python3 scripts/sweep_onepass_gpu.py --out "$OUT" 2>&1 | grep -v Warning \
+       | tee "$OUT/sweep_onepass.txt" | tail -80
+     timeout 150 python3 scripts/check_kernels_gpu.py --sections correct --families linear retention simple_gla \
+       --tags main fp32 long d256 varlen fp16 kv kv_fp32 strong --overrides '{"onepass_min_programs": 0}' \
+       --budget-s 130 --out "$OUT/onepass" > "$OUT/check_kernels_onepass.txt" 2>&1
+     grep -E "ok |BAD|ERROR|correctness|worst" "$OUT/check_kernels_onepass.txt"
+     timeout 200 python3 scripts/benchmark_ops.py --ops linear_attention retention --T 2048 4096 8192 --extra-D \
+       --profile ours fla --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_linret.txt" | tail -45 ;;
+  *) echo "STEP must be 1..9" >&2; exit 2 ;;
 esac
 done

@@ -178,3 +178,29 @@ def test_vector_gate_both_sub_chunk_paths(monkeypatch, diag_limit):
     ~15 per sub-chunk) through the rebased matmuls; both must match the reference."""
     monkeypatch.setitem(triton_ops().OVERRIDES, "diag_limit", diag_limit)
     check("gla", *make_inputs("gla", 2, 77, 2, 40, 24))
+
+
+@pytest.mark.parametrize("family", ["linear", "retention", "simple_gla"])
+@pytest.mark.parametrize("case", ["odd", "varlen", "no_state", "fp16", "wide"])
+def test_onepass_forward(monkeypatch, family, case):
+    """The one-pass forward (chunk_onepass_kernel; on by default only where the grid fills a GPU), forced on:
+    odd lengths and head dims, a varlen pack, no state in or out, fp16, and K, V over one 64-wide block."""
+    mod = triton_ops()
+    monkeypatch.setitem(mod.OVERRIDES, "onepass_min_programs", 0)
+    calls = []
+    real = mod._Problem.onepass_forward
+    monkeypatch.setattr(mod._Problem, "onepass_forward", lambda self, *a: calls.append(1) or real(self, *a))
+    if case == "odd":
+        check(family, *make_inputs(family, 2, 100, 2, 24, 48, strength=2.0))
+    elif case == "varlen":
+        lens = [37, 1, 64, 29]
+        cu = torch.tensor([0] + lens).cumsum(0)
+        check(family, *make_inputs(family, 1, sum(lens), 2, 16, 24, strength=2.0, N=len(lens)), cu=cu)
+    elif case == "no_state":
+        q, k, v, g, _ = make_inputs(family, 2, 70, 2, 16, 16)
+        check(family, q, k, v, g, None, final=False)
+    elif case == "fp16":
+        check(family, *make_inputs(family, 2, 80, 2, 32, 32), dtype=torch.float16)
+    else:
+        check(family, *make_inputs(family, 1, 70, 1, 130, 72))
+    assert calls, "the one-pass forward did not run"

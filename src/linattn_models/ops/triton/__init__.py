@@ -31,7 +31,7 @@ import torch
 import triton
 
 from .chunk_bwd import chunk_dqk_kernel, chunk_dv_kernel, chunk_vector_dA_kernel, chunk_vector_intra_bwd_kernel
-from .chunk_fwd import chunk_out_kernel, chunk_vector_A_kernel
+from .chunk_fwd import chunk_onepass_kernel, chunk_out_kernel, chunk_vector_A_kernel
 from .common import GATE_KINDS, GATE_SCALAR, GATE_VECTOR, gate_grad_kernel, local_cumsum_kernel
 from .recurrent import recurrent_kernel
 from .states import chunk_state_kernel
@@ -88,6 +88,9 @@ def _default_config(K, V, big):
     (Hopper: 227 KB) take 128-wide K tiles in the output kernel, which then reads q once per V block.
     BK_A = 32: the vector gate's A kernel holds a [BC, BC, BK_A] product in registers; on an H100 (B=4, H=16,
     T=4K, K=128, bf16) it took 0.80 ms per fwd+bwd at 32, 1.21 at 64, 0.89 at 16 (scripts/sweep_gla_A_gpu.py).
+    onepass_*: the one-pass forward (chunk_fwd.chunk_onepass_kernel, gate kinds none/head/scalar) runs when it
+    has at least onepass_min_programs programs (N·H·V/BV_onepass) and K ≤ onepass_max_K (the state [K, BV] lives
+    in registers); else the states pass + output kernel. 0 forces it on, a huge value off (tests do both).
     diag_limit = 30: a vector-gate sub-chunk (16 rows) whose log decay is at most 30 takes the matmul path
     (chunk_fwd.py, chunk_bwd.py): bf16/fp32 operands hold the e^30-scaled values with room to spare (fp16: see
     diag_limit_A in _Problem); stronger decays take the elementwise path.
@@ -99,7 +102,9 @@ def _default_config(K, V, big):
                BK_dqk=min(64, _np2(K)), BV_dqk=min(64, _np2(V)),
                BK_A=min(32, _np2(K)), BV_dA=min(64, _np2(V)), BK_intra=min(64, _np2(K)),
                BK_rec=_np2(K), BV_rec=min(_np2(V), max(16, 8192 // _np2(K))),
-               diag_limit=30.0, num_warps=4, num_stages=2 if big else 1)
+               diag_limit=30.0, num_warps=4, num_stages=2 if big else 1,
+               BV_onepass=min(64, _np2(V)), warps_onepass=4 if _np2(K) <= 128 else 8,
+               onepass_min_programs=64, onepass_max_K=256)
     return cfg
 
 
@@ -197,6 +202,8 @@ class _Problem:
     def chunk_forward(self, h0, want_final):
         """(o, final state, A): A is the vector gate's intra-chunk matrix (else None), kept for the backward."""
         c = self.cfg
+        if self.onepass():
+            return self.onepass_forward(h0, want_final) + (None,)
         b = self.local_cumsum()
         h, ht = self.states(self.k, self.v, b, h0, want_final, False)
         A = self.vector_A(b) if self.GATE == GATE_VECTOR else self.dummy
@@ -206,6 +213,23 @@ class _Problem:
             self.H, self.K, self.V, c["BT"], c["BK_out"], c["BV_out"], self.GATE, self.varlen, self.prec,
             **self.launch)
         return o, ht, A if self.GATE == GATE_VECTOR else None
+
+    def onepass(self):
+        c = self.cfg
+        programs = self.N * self.H * _cdiv(self.V, c["BV_onepass"])
+        return self.GATE != GATE_VECTOR and self.K <= c["onepass_max_K"] and programs >= c["onepass_min_programs"]
+
+    def onepass_forward(self, h0, want_final):
+        c = self.cfg
+        o = _new((self.TT, self.H, self.V), self.dtype, self.device)
+        ht = _new((self.N, self.H, self.K, self.V), torch.float32, self.device) if want_final else None
+        chunk_onepass_kernel[(_cdiv(self.V, c["BV_onepass"]), self.N * self.H)](
+            self.q, self.k, self.v, self.g if self.g is not None else self.dummy, self.g_head,
+            h0 if h0 is not None else self.dummy, o, ht if ht is not None else self.dummy, self.cu,
+            self.chunk_offsets, self.scale, self.T, self.H, self.K, self.V, c["BT"], _np2(self.K), c["BV_onepass"],
+            self.GATE, h0 is not None, want_final, self.varlen, self.prec, num_warps=c["warps_onepass"],
+            num_stages=self.launch["num_stages"])
+        return o, ht
 
     def recurrent_forward(self, h0, want_final, in_place=False):
         """in_place: write the final state into h0 (each program reads its state tile once, first, and writes

@@ -21,7 +21,7 @@ on an H100: fp32/tf32 operands here tripled this kernel's time). The backward (c
 import triton
 import triton.language as tl
 
-from .common import chunk_bounds, load_tile, store_tile, sub_chunk_fits
+from .common import chunk_bounds, load_tile, seq_bounds, store_tile, sub_chunk_fits
 
 
 @triton.jit
@@ -117,3 +117,60 @@ def chunk_out_kernel(q, k, v, gb, gh, h, A, o, cu_seqlens, chunk_indices, scale,
     vt = load_tile(v, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
     acc = acc * scale + tl.dot(P.to(dt), vt, input_precision=DOT_PREC)
     store_tile(o, acc, start, L, i_v * BV, H, V, i_h, BT, BV)
+
+
+@triton.jit
+def chunk_onepass_kernel(q, k, v, g, gh, h_init, o, h_final, cu_seqlens, chunk_offsets, scale, T,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
+                         BV: tl.constexpr, GATE: tl.constexpr, HAS_INIT: tl.constexpr, STORE_FINAL: tl.constexpr,
+                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The whole chunked forward in one pass, for gate kinds none/head/scalar: per (sequence, head, V block) the
+    chunks in order, the state S [K, BV] in registers: o_C from S as chunk_out_kernel does, then S updated as
+    states.py does. Nothing but o (and the final state) is written, so the forward moves q, k, v and o only
+    (the two-kernel form also writes the chunk states, as large as two of q, k, v at BT=64, and reads them back).
+    The price is parallelism: N·H·(V/BV) programs, each sequential over its chunks; _Problem.chunk_forward
+    takes this form only when that fills the device. The scalar gate's chunk-local cumsum is taken here.
+    Grid (V blocks, N·H); KP ≥ K (one K block: o needs all of q·S).
+    """
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, L_seq, _ = seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, VARLEN)
+    dt = q.dtype.element_ty
+    rk = tl.arange(0, KP)
+    rv = i_v * BV + tl.arange(0, BV)
+    rt = tl.arange(0, BT)
+    m_kv = (rk[:, None] < K) & (rv[None, :] < V)
+    o_kv = rk[:, None] * V + rv[None, :]
+    S = tl.zeros([KP, BV], dtype=tl.float32)
+    if HAS_INIT:
+        S += tl.load(h_init + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
+    causal = rt[:, None] >= rt[None, :]
+    if GATE == 1:
+        g_h = tl.load(gh + i_h).to(tl.float32)
+    for c in range(tl.cdiv(L_seq, BT)):
+        start = bos + c * BT
+        L = tl.minimum(bos + L_seq - start, BT)
+        qt = load_tile(q, start, L, 0, H, K, i_h, BT, KP, False, 0.0)  # [BT, KP]
+        kt = load_tile(k, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]
+        vt = load_tile(v, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)  # [BT, BV]
+        P = tl.dot(qt, kt, input_precision=DOT_PREC)
+        acc = tl.dot(qt, S.to(dt), input_precision=DOT_PREC)
+        if GATE == 0:
+            P = tl.where(causal, P, 0.0) * scale
+        else:
+            if GATE == 1:
+                b = (rt + 1).to(tl.float32) * g_h
+                b_C = L.to(tl.float32) * g_h
+            else:
+                b = tl.cumsum(tl.load(g + (start + rt) * H + i_h, mask=rt < L, other=0.0).to(tl.float32), axis=0)
+                b_C = tl.sum(tl.where(rt == L - 1, b, 0.0), axis=0)
+            acc *= tl.exp(tl.minimum(b, 0.0))[:, None]
+            P = tl.where(causal, P * tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0) * scale
+            # the keys' factor into the state (rows past L are zero in kt already; the clamp guards their b)
+            kt = (kt * tl.exp(tl.minimum(b_C - b, 0.0))[None, :]).to(dt)
+            S *= tl.exp(b_C)
+        store_tile(o, acc * scale + tl.dot(P.to(dt), vt, input_precision=DOT_PREC), start, L, i_v * BV, H, V, i_h,
+                   BT, BV)
+        S += tl.dot(kt, vt, input_precision=DOT_PREC)
+    if STORE_FINAL:
+        tl.store(h_final + i_nh.to(tl.int64) * K * V + o_kv, S, mask=m_kv)

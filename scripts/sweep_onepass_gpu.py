@@ -17,11 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_ops as b  # noqa: E402
 
-TWO = {"onepass_min_programs": 1 << 30}
-CONFIGS = [TWO, {"onepass_min_programs": 0},
-           {"onepass_min_programs": 0, "BV_onepass": 32},
-           {"onepass_min_programs": 0, "warps_onepass": 8},
-           {"onepass_min_programs": 0, "BV_onepass": 32, "warps_onepass": 2}]
+TWO = {"onepass_min_programs": 1 << 30, "onepass_min_programs_scalar": 1 << 30}
+ON = {"onepass_min_programs": 0, "onepass_min_programs_scalar": 0}
+CONFIGS = [TWO, ON, {**ON, "BV_onepass": 32}, {**ON, "warps_onepass": 8}]
 # (B, H, T, D): the benchmark shapes, then smaller grids (fewer programs) to place the threshold
 SHAPES = [(4, 16, 2048, 128), (4, 16, 4096, 128), (4, 16, 8192, 128), (4, 16, 16384, 128), (4, 16, 4096, 64),
           (4, 16, 4096, 256), (2, 16, 8192, 128), (1, 16, 16384, 128), (1, 8, 32768, 128), (8, 16, 4096, 128)]

@@ -187,6 +187,7 @@ def test_onepass_forward(monkeypatch, family, case):
     odd lengths and head dims, a varlen pack, no state in or out, fp16, and K, V over one 64-wide block."""
     mod = triton_ops()
     monkeypatch.setitem(mod.OVERRIDES, "onepass_min_programs", 0)
+    monkeypatch.setitem(mod.OVERRIDES, "onepass_min_programs_scalar", 0)
     calls = []
     real = mod._Problem.onepass_forward
     monkeypatch.setattr(mod._Problem, "onepass_forward", lambda self, *a: calls.append(1) or real(self, *a))

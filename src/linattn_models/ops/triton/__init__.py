@@ -3,11 +3,13 @@
 Kernels (one family, the gate kind a tl.constexpr: 0 none, 1 per-head constant, 2 scalar, 3 vector):
   common.py     chunk/sequence bounds, tile loads, chunk-local cumsum of g, the gate gradient
   states.py     the sequential pass over chunks: boundary states (forward) and their gradients (backward)
-  chunk_fwd.py  per-chunk output (and the vector gate's intra-chunk matrix A)
+  chunk_fwd.py  per-chunk output (and the vector gate's intra-chunk matrix A); the one-pass forward
   chunk_bwd.py  per-chunk dq, dk, dv (and the vector gate's intra-chunk parts)
   recurrent.py  token-by-token form (decoding, mode="recurrent")
 
-Forward (chunk): b = chunk-local cumsum of g → states pass (stores the state entering each chunk) → [A] → o.
+Forward (chunk): b = chunk-local cumsum of g → states pass (stores the state entering each chunk) → [A] → o;
+or, for gate kinds none/head/scalar when the grid fills the device, chunk_fwd.chunk_onepass_kernel: one kernel,
+the state kept in registers across chunks, so only q, k, v (, g) are read and o written.
 Backward: b and the chunk states are RECOMPUTED rather than kept from the forward (the vector gate's
 intra-chunk matrix A is kept: see _GatedLinearAttention.forward): storing the states costs
 T/BT·K·V values per head (256 MB in fp32 at B=4, H=16, T=4096, K=V=128, per layer: more than q, k, v together),
@@ -89,8 +91,13 @@ def _default_config(K, V, big):
     BK_A = 32: the vector gate's A kernel holds a [BC, BC, BK_A] product in registers; on an H100 (B=4, H=16,
     T=4K, K=128, bf16) it took 0.80 ms per fwd+bwd at 32, 1.21 at 64, 0.89 at 16 (scripts/sweep_gla_A_gpu.py).
     onepass_*: the one-pass forward (chunk_fwd.chunk_onepass_kernel, gate kinds none/head/scalar) runs when it
-    has at least onepass_min_programs programs (N·H·V/BV_onepass) and K ≤ onepass_max_K (the state [K, BV] lives
-    in registers); else the states pass + output kernel. 0 forces it on, a huge value off (tests do both).
+    has at least onepass_min_programs programs (N·H·V/BV_onepass; the scalar gate: onepass_min_programs_scalar)
+    and K ≤ onepass_max_K (the state [K, BV] lives in registers); else the states pass + output kernel. 0 forces
+    it on, a huge value off (tests do both). From scripts/sweep_onepass_gpu.py on an H100 (132 SMs; results/
+    sweep_onepass_gpu_2026-11-27.txt): at 128 programs (B=4, H=16, V=128) one pass took 0.59-0.88x the
+    two-kernel time at T=2K..16K for all three gates; at 64 programs 0.53-0.87x without a gate or with the head
+    gate (1.07x once) but 1.2-1.4x with the scalar gate; at 32 or fewer up to 2.4x slower. BV 32 or 8 warps
+    helped in a few cases only (4 warps: the state [128, 64] fp32 is 64 registers a thread).
     diag_limit = 30: a vector-gate sub-chunk (16 rows) whose log decay is at most 30 takes the matmul path
     (chunk_fwd.py, chunk_bwd.py): bf16/fp32 operands hold the e^30-scaled values with room to spare (fp16: see
     diag_limit_A in _Problem); stronger decays take the elementwise path.
@@ -104,7 +111,7 @@ def _default_config(K, V, big):
                BK_rec=_np2(K), BV_rec=min(_np2(V), max(16, 8192 // _np2(K))),
                diag_limit=30.0, num_warps=4, num_stages=2 if big else 1,
                BV_onepass=min(64, _np2(V)), warps_onepass=4 if _np2(K) <= 128 else 8,
-               onepass_min_programs=64, onepass_max_K=256)
+               onepass_min_programs=64, onepass_min_programs_scalar=128, onepass_max_K=256)
     return cfg
 
 
@@ -217,7 +224,8 @@ class _Problem:
     def onepass(self):
         c = self.cfg
         programs = self.N * self.H * _cdiv(self.V, c["BV_onepass"])
-        return self.GATE != GATE_VECTOR and self.K <= c["onepass_max_K"] and programs >= c["onepass_min_programs"]
+        least = c["onepass_min_programs_scalar" if self.GATE == GATE_SCALAR else "onepass_min_programs"]
+        return self.GATE != GATE_VECTOR and self.K <= c["onepass_max_K"] and programs >= least
 
     def onepass_forward(self, h0, want_final):
         c = self.cfg

@@ -145,8 +145,11 @@ def chunk_onepass_kernel(q, k, v, g, gh, h_init, o, h_final, cu_seqlens, chunk_o
     if HAS_INIT:
         S += tl.load(h_init + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
     causal = rt[:, None] >= rt[None, :]
-    if GATE == 1:
+    if GATE == 1:  # the head gate's factors are the same for every chunk: made once, out of the loop
         g_h = tl.load(gh + i_h).to(tl.float32)
+        b = (rt + 1).to(tl.float32) * g_h
+        eb = tl.exp(b)
+        decay = tl.where(causal, tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0) * scale
     for c in range(tl.cdiv(L_seq, BT)):
         start = bos + c * BT
         L = tl.minimum(bos + L_seq - start, BT)
@@ -157,20 +160,23 @@ def chunk_onepass_kernel(q, k, v, g, gh, h_init, o, h_final, cu_seqlens, chunk_o
         acc = tl.dot(qt, S.to(dt), input_precision=DOT_PREC)
         if GATE == 0:
             P = tl.where(causal, P, 0.0) * scale
+            vs = vt
         else:
             if GATE == 1:
-                b = (rt + 1).to(tl.float32) * g_h
                 b_C = L.to(tl.float32) * g_h
+                acc *= eb[:, None]
+                P *= decay
             else:
                 b = tl.cumsum(tl.load(g + (start + rt) * H + i_h, mask=rt < L, other=0.0).to(tl.float32), axis=0)
                 b_C = tl.sum(tl.where(rt == L - 1, b, 0.0), axis=0)
-            acc *= tl.exp(tl.minimum(b, 0.0))[:, None]
-            P = tl.where(causal, P * tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0) * scale
-            # the keys' factor into the state (rows past L are zero in kt already; the clamp guards their b)
-            kt = (kt * tl.exp(tl.minimum(b_C - b, 0.0))[None, :]).to(dt)
+                acc *= tl.exp(tl.minimum(b, 0.0))[:, None]
+                P = tl.where(causal, P * tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0) * scale
+            # the state update's factor e^{b_C - b_s} goes on v ([BT, BV], half of k's [K, BT] at BV=64, and k
+            # stays as loaded); rows past L are zero in vt already, the clamp guards their b
+            vs = (vt * tl.exp(tl.minimum(b_C - b, 0.0))[:, None]).to(dt)
             S *= tl.exp(b_C)
         store_tile(o, acc * scale + tl.dot(P.to(dt), vt, input_precision=DOT_PREC), start, L, i_v * BV, H, V, i_h,
                    BT, BV)
-        S += tl.dot(kt, vt, input_precision=DOT_PREC)
+        S += tl.dot(kt, vs, input_precision=DOT_PREC)
     if STORE_FINAL:
         tl.store(h_final + i_nh.to(tl.int64) * K * V + o_kv, S, mask=m_kv)

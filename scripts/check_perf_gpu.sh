@@ -12,12 +12,13 @@
 #   STEP=7  kernels: GLA / simple GLA correctness vs float64 after the A-kernel change (without fla's autotuning)
 #   STEP=8  ops: GLA's sub-chunk matmul path vs the elementwise one (sweep_gla_A_gpu.py), then GLA and simple
 #           GLA timed without fla (2K/4K/8K, with a profile)
+#   STEP=10 ops: host time per call (profile_host_gpu.py, cProfile), linear attention / retention / simple GLA
 #   STEP=9  ops: the one-pass forward (sweep_onepass_gpu.py: vs the two-kernel form, configs, grid sizes), its
 #           bf16/fp16/fp32 correctness forced on, then linear attention and retention vs fla and SDPA (2K/4K/8K)
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.
 set -uo pipefail
-OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..9}
+OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..10}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1
@@ -48,11 +49,13 @@ case "$step" in
   9) timeout 200 python3 scripts/sweep_onepass_gpu.py --out "$OUT" 2>&1 | grep -v Warning \
        | tee "$OUT/sweep_onepass.txt" | tail -80
      timeout 150 python3 scripts/check_kernels_gpu.py --sections correct --families linear retention simple_gla \
-       --tags main fp32 long d256 varlen fp16 kv kv_fp32 strong --overrides '{"onepass_min_programs": 0, "onepass_min_programs_scalar": 0}' \
+       --tags main fp32 long d256 varlen fp16 kv strong --overrides '{"onepass_min_programs": 0, "onepass_min_programs_scalar": 0}' \
        --budget-s 130 --out "$OUT/onepass" > "$OUT/check_kernels_onepass.txt" 2>&1
      grep -E "ok |BAD|ERROR|correctness|worst" "$OUT/check_kernels_onepass.txt"
      timeout 200 python3 scripts/benchmark_ops.py --ops linear_attention retention --T 2048 4096 8192 --extra-D \
        --profile ours fla --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_linret.txt" | tail -45 ;;
-  *) echo "STEP must be 1..9" >&2; exit 2 ;;
+  10) timeout 120 python3 scripts/profile_host_gpu.py --T 2048 2>&1 | grep -v Warning | tee "$OUT/profile_host.txt" \
+       | grep -E "==|tottime|^ +[0-9]" | head -150 ;;
+  *) echo "STEP must be 1..10" >&2; exit 2 ;;
 esac
 done

@@ -14,7 +14,8 @@
 #           GLA timed without fla (2K/4K/8K, with a profile)
 #   STEP=10 ops: host time per call (profile_host_gpu.py, cProfile), linear attention / retention / simple GLA
 #   STEP=9  ops: the one-pass forward (sweep_onepass_gpu.py: vs the two-kernel form, configs, grid sizes), its
-#           bf16/fp16/fp32 correctness forced on, then linear attention and retention vs fla and SDPA (2K/4K/8K)
+#           bf16/fp16/fp32 correctness forced on, then linear attention and retention vs fla and SDPA (2K/4K/8K);
+#           NO_SWEEP=1 skips the sweep (fla's first calls tune per length: the benchmark needs most of a call)
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.
 set -uo pipefail
@@ -46,14 +47,15 @@ case "$step" in
        2>&1 | grep -v Warning | tee "$OUT/sweep_gla_diag.txt" | grep -E "fwd\+bwd|profile|vector|intra|dqk"
      timeout 150 python3 scripts/benchmark_ops.py --ops gla simple_gla --T 2048 4096 8192 --extra-D --no-fla \
        --profile ours --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_gla_nofla.txt" | tail -8 ;;
-  9) timeout 200 python3 scripts/sweep_onepass_gpu.py --out "$OUT" 2>&1 | grep -v Warning \
+  9) [ -n "${NO_SWEEP:-}" ] || timeout 200 python3 scripts/sweep_onepass_gpu.py --out "$OUT" 2>&1 | grep -v Warning \
        | tee "$OUT/sweep_onepass.txt" | tail -80
      timeout 150 python3 scripts/check_kernels_gpu.py --sections correct --families linear retention simple_gla \
+       --fla-families none \
        --tags main fp32 long d256 varlen fp16 kv strong --overrides '{"onepass_min_programs": 0, "onepass_min_programs_scalar": 0}' \
        --budget-s 130 --out "$OUT/onepass" > "$OUT/check_kernels_onepass.txt" 2>&1
      grep -E "ok |BAD|ERROR|correctness|worst" "$OUT/check_kernels_onepass.txt"
-     timeout 200 python3 scripts/benchmark_ops.py --ops linear_attention retention --T 2048 4096 8192 --extra-D \
-       --profile ours fla --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_linret.txt" | tail -45 ;;
+     timeout 300 python3 scripts/benchmark_ops.py --ops linear_attention retention --T 2048 4096 8192 --extra-D \
+       --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_linret.txt" | tail -45 ;;
   10) timeout 120 python3 scripts/profile_host_gpu.py --T 2048 2>&1 | grep -v Warning | tee "$OUT/profile_host.txt" \
        | grep -E "==|tottime|^ +[0-9]" | head -150 ;;
   *) echo "STEP must be 1..10" >&2; exit 2 ;;

@@ -93,11 +93,11 @@ def _default_config(K, V, big):
     onepass_*: the one-pass forward (chunk_fwd.chunk_onepass_kernel, gate kinds none/head/scalar) runs when it
     has at least onepass_min_programs programs (N·H·V/BV_onepass; the scalar gate: onepass_min_programs_scalar)
     and K ≤ onepass_max_K (the state [K, BV] lives in registers); else the states pass + output kernel. 0 forces
-    it on, a huge value off (tests do both). From scripts/sweep_onepass_gpu.py on an H100 (132 SMs; results/
-    sweep_onepass_gpu_2026-11-27.txt): at 128 programs (B=4, H=16, V=128) one pass took 0.59-0.88x the
-    two-kernel time at T=2K..16K for all three gates; at 64 programs 0.53-0.87x without a gate or with the head
-    gate (1.07x once) but 1.2-1.4x with the scalar gate; at 32 or fewer up to 2.4x slower. BV 32 or 8 warps
-    helped in a few cases only (4 warps: the state [128, 64] fp32 is 64 registers a thread).
+    it on, a huge value off (tests do both). From scripts/sweep_onepass_gpu.py on an H100 (132 SMs, bf16,
+    results/sweep_onepass_gpu_2026-11-27_run2.txt), one-pass / two-kernel forward time: 128 programs (B=4, H=16,
+    V=128, T=2K..16K) 0.57-0.75x without a gate or with the head gate, 0.60-0.90x with the scalar gate; 64
+    programs 0.5-0.9x (none/head) but 1.2-1.4x (scalar, B=2) in both runs; 16-32 programs 1.2-2.4x (slower).
+    BV 32 or 8 warps helped in a few cases only (4 warps: the state [128, 64] fp32 is 64 registers a thread).
     diag_limit = 30: a vector-gate sub-chunk (16 rows) whose log decay is at most 30 takes the matmul path
     (chunk_fwd.py, chunk_bwd.py): bf16/fp32 operands hold the e^30-scaled values with room to spare (fp16: see
     diag_limit_A in _Problem); stronger decays take the elementwise path.

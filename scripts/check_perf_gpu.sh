@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The issue-6 GPU measurements, one device call per step or per few steps (a call may run at most 600 s).
-# fla 0.6.0 wheels in .whl/ (../shared/GPU.md), carried. Still to run after 2026-11-26 (session 4): 4, and 2
-# once more for a same-run fla ratio of the final GLA kernels (steps 1, 2, 7, 8 ran that day).
+# fla 0.6.0 wheels in .whl/ (../shared/GPU.md), carried. Still to run after 2026-11-27 (session 5): 4 (steps 1, 2,
+# 9, 10 and 11 ran that day).
 #   STEP=1  decode graphs: tests/test_decode_graph.py + scripts/check_decode_graph_gpu.py (~5 min)
 #   STEP=2  ops: GLA and simple GLA vs fla and SDPA, T 2K/4K/8K, D=128 (fla's chunk_gla autotunes per length:
 #           on a fresh machine its first calls alone took over 250 s)
@@ -12,6 +12,7 @@
 #   STEP=7  kernels: GLA / simple GLA correctness vs float64 after the A-kernel change (without fla's autotuning)
 #   STEP=8  ops: GLA's sub-chunk matmul path vs the elementwise one (sweep_gla_A_gpu.py), then GLA and simple
 #           GLA timed without fla (2K/4K/8K, with a profile)
+#   STEP=11 first call of every op (fresh process, empty Triton cache); simple GLA correctness and timing (no fla)
 #   STEP=10 ops: host time per call (profile_host_gpu.py, cProfile), linear attention / retention / simple GLA
 #   STEP=9  ops: the one-pass forward (sweep_onepass_gpu.py: vs the two-kernel form, configs, grid sizes), its
 #           bf16/fp16/fp32 correctness forced on, then linear attention and retention vs fla and SDPA (2K/4K/8K);
@@ -19,7 +20,7 @@
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.
 set -uo pipefail
-OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..10}
+OUT=${OUT:-/tmp/perf}; STEP=${STEP:?set STEP=1..11}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1
@@ -58,6 +59,12 @@ case "$step" in
        --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_linret.txt" | tail -45 ;;
   10) timeout 120 python3 scripts/profile_host_gpu.py --T 2048 2>&1 | grep -v Warning | tee "$OUT/profile_host.txt" \
        | grep -E "==|tottime|^ +[0-9]" | head -150 ;;
-  *) echo "STEP must be 1..10" >&2; exit 2 ;;
+  11) timeout 170 python3 scripts/check_kernels_gpu.py --sections first_call,correct --families simple_gla \
+       --fla-families none --tags main long varlen fp16 kv strong --budget-s 150 --out "$OUT" \
+       > "$OUT/check_kernels_first_sgla.txt" 2>&1
+     grep -E "first call|ok |BAD|ERROR|correctness|worst" "$OUT/check_kernels_first_sgla.txt" | cut -c1-220
+     timeout 120 python3 scripts/benchmark_ops.py --ops simple_gla --T 2048 4096 8192 --extra-D --no-fla \
+       --profile ours --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench_ops_sgla.txt" | grep -v "^{" | tail -30 ;;
+  *) echo "STEP must be 1..11" >&2; exit 2 ;;
 esac
 done

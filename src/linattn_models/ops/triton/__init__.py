@@ -293,10 +293,15 @@ class _Problem:
             dgc if dgc is not None else self.dummy, self.cu, self.chunk_indices, self.scale, self.T, H, K, V, BT,
             c["BK_dqk"], c["BV_dqk"], self.GATE, self.varlen, self.prec, **self.launch)
         if self.GATE == GATE_SCALAR:
-            dg = _new(self.g.shape, torch.float32, self.device)
-            gate_grad_kernel[(1, self.NT, H)](
-                self.q, self.k, dq, dk, dgc, dg, self.cu, self.chunk_indices, self.T, H, K, BT, _np2(K),
-                self.varlen, **self.launch)
+            dg = _new(self.g.shape, self.g.dtype, self.device)
+            # the kernel also casts dq, dk to the input dtype (unless that is fp32 already)
+            cast = self.dtype != torch.float32
+            dq_o = _new((TT, H, K), self.dtype, self.device) if cast else dq
+            dk_o = _new((TT, H, K), self.dtype, self.device) if cast else dk
+            gate_grad_kernel[(self.NT, H)](
+                self.q, self.k, dq, dk, dgc, dg, dq_o, dk_o, self.cu, self.chunk_indices, self.T, H, K, BT,
+                _np2(K), cast, self.varlen, **self.launch)
+            dq, dk = dq_o, dk_o
         return dq, dk, dv, dg, dh0
 
 

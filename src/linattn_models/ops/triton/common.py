@@ -107,19 +107,25 @@ def local_cumsum_kernel(g, b, cu_seqlens, chunk_indices, T, H: tl.constexpr, D: 
 
 
 @triton.jit
-def gate_grad_kernel(q, k, dq, dk, dgc, dg, cu_seqlens, chunk_indices, T, H: tl.constexpr, K: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, VARLEN: tl.constexpr):
+def gate_grad_kernel(q, k, dq, dk, dgc, dg, dq_out, dk_out, cu_seqlens, chunk_indices, T, H: tl.constexpr,
+                     K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, WRITE_DQK: tl.constexpr,
+                     VARLEN: tl.constexpr):
     """Scalar gate: dg_t = Σ_{i ≥ t, same chunk} Σ_d (q_i ⊙ dq_i − k_i ⊙ dk_i) + Σ_d dgc[chunk],
-    dgc = rowsum(S_C ⊙ dS_C). Grid (1, NT, H), BK ≥ K. (The vector gate's dg is finished in chunk_dqk_kernel.)
+    dgc = rowsum(S_C ⊙ dS_C), from fp32 dq, dk (their rounding to bf16 first would not cancel in the sum).
+    WRITE_DQK: also store dq, dk in the input dtype (dq_out, dk_out), which saves two conversion kernels; dg is
+    stored in dg's dtype (g's). Grid (NT, H), BK ≥ K. (The vector gate's dg is finished in chunk_dqk_kernel.)
     """
-    i_t, i_h = tl.program_id(1), tl.program_id(2)
+    i_t, i_h = tl.program_id(0), tl.program_id(1)
     _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
     rk = tl.arange(0, BK)
     rt = tl.arange(0, BT)
-    x = (load_tile(q, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-         * load_tile(dq, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-         - load_tile(k, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-         * load_tile(dk, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32))
+    dqt = load_tile(dq, start, L, 0, H, K, i_h, BT, BK, False, 0.0)
+    dkt = load_tile(dk, start, L, 0, H, K, i_h, BT, BK, False, 0.0)
+    x = (load_tile(q, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32) * dqt
+         - load_tile(k, start, L, 0, H, K, i_h, BT, BK, False, 0.0).to(tl.float32) * dkt)
     c = tl.load(dgc + (i_t.to(tl.int64) * H + i_h) * K + rk, mask=rk < K, other=0.0)
     out = tl.cumsum(tl.sum(x, axis=1), axis=0, reverse=True) + tl.sum(c, axis=0)
     tl.store(dg + (start + rt) * H + i_h, out.to(dg.dtype.element_ty), mask=rt < L)
+    if WRITE_DQK:
+        store_tile(dq_out, dqt, start, L, 0, H, K, i_h, BT, BK)
+        store_tile(dk_out, dkt, start, L, 0, H, K, i_h, BT, BK)

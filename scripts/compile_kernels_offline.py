@@ -12,6 +12,7 @@ import inspect
 import json
 import os
 import sys
+import time
 
 KERNELS = ["chunk_state_kernel", "chunk_onepass_kernel", "chunk_out_kernel", "chunk_vector_A_kernel", "chunk_dv_kernel", "chunk_dqk_kernel",
            "chunk_vector_dA_kernel", "chunk_vector_intra_bwd_kernel", "recurrent_kernel", "gate_grad_kernel",
@@ -103,9 +104,10 @@ def compile_all(path, arch):
                                 attrs=attrs)
             except Exception:
                 src = ASTSource(fn=fn, signature=full_sig, constexprs=consts)
+            t0 = time.time()
             k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(kw))
             md = k.metadata
-            print(f"ok   {name} {kw} smem={getattr(md, 'shared', '?')} regs? {consts}")
+            print(f"ok   {time.time() - t0:5.2f}s {name} {kw} smem={getattr(md, 'shared', '?')} {consts}")
         except Exception as e:  # noqa: BLE001
             bad += 1
             print(f"FAIL {name} {kw} {consts} {sig}: {str(e).splitlines()[-1] if str(e) else repr(e)}")
@@ -116,7 +118,7 @@ def compile_all(path, arch):
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
     if sys.argv[1] == "record":
-        ovs = [{}]
+        ovs = [{}, {"onepass_min_programs": 0, "onepass_min_programs_scalar": 0}]  # the one-pass forward too
         if "--sweep" in sys.argv:
             sys.path.insert(0, os.path.dirname(__file__))
             ovs = [{}, {"num_warps": 2}, {"num_warps": 8}, {"num_stages": 1, "BK_out": 64}]

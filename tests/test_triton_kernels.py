@@ -205,3 +205,59 @@ def test_onepass_forward(monkeypatch, family, case):
     else:
         check(family, *make_inputs(family, 1, 70, 1, 130, 72))
     assert calls, "the one-pass forward did not run"
+
+
+def test_parallel_compile_glue(monkeypatch):
+    """_Problem._flush: the first time a plan's key is seen, every queued kernel is warmed up (compiled) with the
+    very grid and arguments of its launch before the launches run in order; the next time, launches only; a
+    failing warmup warns and the launches still run. (Fake kernels: the interpreter has no compile step; the
+    GPU runs exercise Triton's real AsyncCompileMode.)"""
+    import triton
+    mod = triton_ops()
+    events = []
+
+    class Kernel:
+        def __init__(self, name, fail=False):
+            self.name, self.fail = name, fail
+
+        def warmup(self, *args, grid, **kw):
+            if self.fail:
+                raise RuntimeError("compile error")
+            events.append(("warmup", self.name, grid, args, kw))
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: events.append(("launch", self.name, grid, args, kw))
+
+    class Mode:  # stands in for triton.AsyncCompileMode
+        def __init__(self, pool):
+            events.append(("mode", pool is not None))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(mod, "INTERPRET", False)
+    monkeypatch.setattr(mod, "_COMPILED", set())
+    monkeypatch.setattr(triton, "AsyncCompileMode", Mode, raising=False)
+    q, k, v, g, _ = make_inputs("simple_gla", 1, 10, 2, 8, 8)
+    p = mod._Problem(q.float(), k.float(), v.float(), g.float(), "scalar", 0.5, None)
+    a, b = Kernel("a"), Kernel("b")
+    p._queue(a, (1, 2), 3, "x", num_warps=4)
+    p._queue(b, (5,), 6, num_warps=8)
+    p._flush("test")
+    assert events == [("mode", True), ("warmup", "a", (1, 2), (3, "x"), {"num_warps": 4}),
+                      ("warmup", "b", (5,), (6,), {"num_warps": 8}),
+                      ("launch", "a", (1, 2), (3, "x"), {"num_warps": 4}), ("launch", "b", (5,), (6,), {"num_warps": 8})]
+    events.clear()
+    p._queue(a, (1, 2), 3, "x", num_warps=4)
+    p._queue(b, (5,), 6, num_warps=8)
+    p._flush("test")
+    assert [e[0] for e in events] == ["launch", "launch"], "a seen key must not compile again"
+    events.clear()
+    p._queue(Kernel("c", fail=True), (1,), 1)
+    p._queue(a, (1,), 2)
+    with pytest.warns(UserWarning, match="parallel Triton compile failed"):
+        p._flush("other key")
+    assert [e[:2] for e in events] == [("mode", True), ("launch", "c"), ("launch", "a")]

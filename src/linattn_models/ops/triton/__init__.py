@@ -28,6 +28,8 @@ Varlen (cu_seqlens): chunks are numbered per sequence (a chunk never crosses a b
 """
 import functools
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import triton
@@ -42,8 +44,35 @@ from .states import chunk_state_kernel
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Fill every output and scratch buffer with NaN before the kernels run, so unwritten memory shows (tests).
 POISON = os.environ.get("LINATTN_TRITON_POISON", "0") == "1"
+# LINATTN_PARALLEL_COMPILE=0: compile each kernel at its first launch, one by one (see _compile_parallel).
+PARALLEL_COMPILE = os.environ.get("LINATTN_PARALLEL_COMPILE", "1") != "0"
 # Config overrides (keys of _config), e.g. for a block-size/warps sweep on a GPU.
 OVERRIDES = {}
+
+
+# Keys of launch plans whose kernels were compiled in parallel already (_Problem._flush).
+_COMPILED = set()
+
+
+def _compile_parallel(plan):
+    """Compile the plan's kernels on a thread pool (Triton's AsyncCompileMode + warmup; the compiler releases the
+    GIL: on the 2-core dev box 8 kernels took 4.1 s in 2 threads against 8.5 s one by one). Each warmup takes the
+    very arguments of its launch, so the launch finds its kernel compiled. Where that fails (no AsyncCompileMode
+    in this Triton, a compile error), the launches compile one by one as usual and raise any error there."""
+    mode = getattr(triton, "AsyncCompileMode", None)
+    if INTERPRET or mode is None or len(plan) < 2 or not PARALLEL_COMPILE:
+        return
+    try:
+        with ThreadPoolExecutor(min(len(plan), os.cpu_count() or 1)) as pool, mode(pool):
+            for kernel, grid, args, kw in plan:
+                kernel.warmup(*args, grid=grid, **kw)
+    except Exception as e:  # noqa: BLE001
+        try:  # Triton 3.6 leaves the mode active when a compile raised: later launches would go to the closed pool
+            from triton.runtime import _async_compile
+            _async_compile.active_mode.set(None)
+        except Exception:  # noqa: BLE001
+            pass
+        warnings.warn(f"linattn_models: parallel Triton compile failed ({e!r:.200}); compiling one by one")
 
 
 def _new(shape, dtype, device):
@@ -146,6 +175,7 @@ class _Problem:
         if gate in ("scalar", "vector"):
             self.g = g.contiguous().view((self.TT, H) + ((K,) if gate == "vector" else ()))
         self.cfg = _config(K, V, self.device)
+        self._plan = []  # kernel launches queued by the pieces below, run by _flush
         self.launch = dict(num_warps=self.cfg["num_warps"], num_stages=self.cfg["num_stages"])
         self.prec = _dot_precision(q.dtype)
         self.hdtype = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
@@ -170,6 +200,23 @@ class _Problem:
             self.cu = self.chunk_offsets = self.chunk_indices = self.dummy
             self.N, self.NT = B, B * _cdiv(T, BT)
 
+    # --- launching ----------------------------------------------------------------------------------
+    def _queue(self, kernel, grid, *args, **kw):
+        self._plan.append((kernel, grid, args, kw))
+
+    def _flush(self, *key):
+        """Launch the queued kernels in order. The first time this process sees `key` (what selects the kernels'
+        compiled variants), compile them all at once in parallel first: a first GLA fwd+bwd compiles ~10 kernels
+        of 1-2 s each, one after another when left to the launches."""
+        plan, self._plan = self._plan, []
+        key = key + (self.GATE, self.dtype, None if self.g is None else self.g.dtype, self.K, self.V, self.varlen,
+                     self.T % 16 == 0, self.T == 1, self.device, tuple(sorted(self.cfg.items())))
+        if key not in _COMPILED:
+            _COMPILED.add(key)
+            _compile_parallel(plan)
+        for kernel, grid, args, kw in plan:
+            kernel[grid](*args, **kw)
+
     # --- pieces ---------------------------------------------------------------------------------------
     def local_cumsum(self):
         """Chunk-local cumulative log gate b (fp32), for the scalar and vector gates; else a dummy."""
@@ -179,7 +226,7 @@ class _Problem:
         D = 1 if scalar else self.K
         BD = 16 if scalar else min(64, _np2(D))
         b = _new(self.g.shape, torch.float32, self.device)
-        local_cumsum_kernel[(_cdiv(D, BD), self.NT, self.H)](
+        self._queue(local_cumsum_kernel, (_cdiv(D, BD), self.NT, self.H),
             self.g, b, self.cu, self.chunk_indices, self.T, self.H, D, self.cfg["BT"], BD, scalar, self.varlen,
             **self.launch)
         return b
@@ -190,7 +237,7 @@ class _Problem:
         buf = _new((self.NT, self.H, self.K, self.V), self.hdtype, self.device)
         final = _new((self.N, self.H, self.K, self.V), torch.float32, self.device) if want_final else None
         grid = (_cdiv(self.K, c["BK_state"]), _cdiv(self.V, c["BV_state"]), self.N * self.H)
-        chunk_state_kernel[grid](
+        self._queue(chunk_state_kernel, grid,
             x, y, b, self.g_head, init if init is not None else self.dummy, buf,
             final if final is not None else self.dummy, self.cu, self.chunk_offsets, self.scale, self.T,
             self.H, self.K, self.V, c["BT"], c["BK_state"], c["BV_state"], self.GATE, reverse, init is not None,
@@ -200,7 +247,7 @@ class _Problem:
     def vector_A(self, b):
         c = self.cfg
         A = _new((self.TT, self.H, c["BT"]), torch.float32, self.device)
-        chunk_vector_A_kernel[(c["BT"] // c["BC"], self.NT, self.H)](
+        self._queue(chunk_vector_A_kernel, (c["BT"] // c["BC"], self.NT, self.H),
             self.q, self.k, b, A, self.cu, self.chunk_indices, self.scale, self.T, self.H, self.K, c["BT"],
             c["BC"], c["BK_A"], _np2(self.K), self.diag_limit_A, self.varlen, self.prec, **self.launch)
         return A
@@ -210,15 +257,18 @@ class _Problem:
         """(o, final state, A): A is the vector gate's intra-chunk matrix (else None), kept for the backward."""
         c = self.cfg
         if self.onepass():
-            return self.onepass_forward(h0, want_final) + (None,)
+            o, ht = self.onepass_forward(h0, want_final)
+            self._flush("onepass", h0 is not None, want_final)
+            return o, ht, None
         b = self.local_cumsum()
         h, ht = self.states(self.k, self.v, b, h0, want_final, False)
         A = self.vector_A(b) if self.GATE == GATE_VECTOR else self.dummy
         o = _new((self.TT, self.H, self.V), self.dtype, self.device)
-        chunk_out_kernel[(_cdiv(self.V, c["BV_out"]), self.NT, self.H)](
+        self._queue(chunk_out_kernel, (_cdiv(self.V, c["BV_out"]), self.NT, self.H),
             self.q, self.k, self.v, b, self.g_head, h, A, o, self.cu, self.chunk_indices, self.scale, self.T,
             self.H, self.K, self.V, c["BT"], c["BK_out"], c["BV_out"], self.GATE, self.varlen, self.prec,
             **self.launch)
+        self._flush("forward", h0 is not None, want_final)
         return o, ht, A if self.GATE == GATE_VECTOR else None
 
     def onepass(self):
@@ -231,7 +281,7 @@ class _Problem:
         c = self.cfg
         o = _new((self.TT, self.H, self.V), self.dtype, self.device)
         ht = _new((self.N, self.H, self.K, self.V), torch.float32, self.device) if want_final else None
-        chunk_onepass_kernel[(_cdiv(self.V, c["BV_onepass"]), self.N * self.H)](
+        self._queue(chunk_onepass_kernel, (_cdiv(self.V, c["BV_onepass"]), self.N * self.H),
             self.q, self.k, self.v, self.g if self.g is not None else self.dummy, self.g_head,
             h0 if h0 is not None else self.dummy, o, ht if ht is not None else self.dummy, self.cu,
             self.chunk_offsets, self.scale, self.T, self.H, self.K, self.V, c["BT"], _np2(self.K), c["BV_onepass"],
@@ -274,21 +324,21 @@ class _Problem:
         if vector:
             A = self.vector_A(b) if A_kept is None else A_kept
             dA = _new((TT, H, BT), torch.float32, self.device)
-            chunk_vector_dA_kernel[(self.NT, H)](
+            self._queue(chunk_vector_dA_kernel, (self.NT, H),
                 self.v, do, dA, self.cu, self.chunk_indices, self.scale, self.T, H, V, BT, c["BV_dA"],
                 self.varlen, self.prec, **self.launch)
             dqi = _new((TT, H, K), torch.float32, self.device)  # the intra-chunk sums, finished by dqk
             dki = _new((TT, H, K), torch.float32, self.device)
-            chunk_vector_intra_bwd_kernel[(_cdiv(K, c["BK_intra"]) * (BT // c["BC"]), self.NT, H)](
+            self._queue(chunk_vector_intra_bwd_kernel, (_cdiv(K, c["BK_intra"]) * (BT // c["BC"]), self.NT, H),
                 self.q, self.k, b, dA, dqi, dki, self.cu, self.chunk_indices, self.T, H, K, BT, c["BC"],
                 c["BK_intra"], _np2(K), self.diag_limit, self.varlen, self.prec, **self.launch)
         dv = _new((TT, H, V), self.dtype, self.device)
-        chunk_dv_kernel[(_cdiv(V, c["BV_dv"]), self.NT, H)](
+        self._queue(chunk_dv_kernel, (_cdiv(V, c["BV_dv"]), self.NT, H),
             self.q, self.k, do, b, self.g_head, dh, A, dv, self.cu, self.chunk_indices, self.scale, self.T,
             H, K, V, BT, c["BK_dv"], c["BV_dv"], self.GATE, self.varlen, self.prec, **self.launch)
         dg = _new(self.g.shape, self.g.dtype, self.device) if vector else None  # written by dqk
         dgc = _new((self.NT, H, K), torch.float32, self.device) if self.GATE == GATE_SCALAR else dg
-        chunk_dqk_kernel[(_cdiv(K, c["BK_dqk"]), self.NT, H)](
+        self._queue(chunk_dqk_kernel, (_cdiv(K, c["BK_dqk"]), self.NT, H),
             self.q, self.k, self.v, do, b, self.g_head, h, dh, dqi, dki, dq, dk,
             dgc if dgc is not None else self.dummy, self.cu, self.chunk_indices, self.scale, self.T, H, K, V, BT,
             c["BK_dqk"], c["BV_dqk"], self.GATE, self.varlen, self.prec, **self.launch)
@@ -298,10 +348,11 @@ class _Problem:
             cast = self.dtype != torch.float32
             dq_o = _new((TT, H, K), self.dtype, self.device) if cast else dq
             dk_o = _new((TT, H, K), self.dtype, self.device) if cast else dk
-            gate_grad_kernel[(self.NT, H)](
+            self._queue(gate_grad_kernel, (self.NT, H),
                 self.q, self.k, dq, dk, dgc, dg, dq_o, dk_o, self.cu, self.chunk_indices, self.T, H, K, BT,
                 _np2(K), cast, self.varlen, **self.launch)
             dq, dk = dq_o, dk_o
+        self._flush("backward", h0 is not None, dht is not None, want_dh0, A_kept is None)
         return dq, dk, dv, dg, dh0
 
 

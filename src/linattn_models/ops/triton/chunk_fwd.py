@@ -1,4 +1,6 @@
 """Chunked forward, the parallel part: per chunk (grid over chunks), given the entering states S_0 from states.py.
+(`chunk_onepass_kernel`, last in this file, does the states pass and this part in one kernel for the gate kinds
+none/head/scalar when the grid is large enough; see its docstring.)
 
 With b the chunk-local cumulative log gate (b_i = Σ_{t≤i} g_t inside the chunk) and s the scale:
 

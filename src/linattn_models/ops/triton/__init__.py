@@ -205,12 +205,13 @@ class _Problem:
         self._plan.append((kernel, grid, args, kw))
 
     def _flush(self, *key):
-        """Launch the queued kernels in order. The first time this process sees `key` (what selects the kernels'
-        compiled variants), compile them all at once in parallel first: a first GLA fwd+bwd compiles ~10 kernels
-        of 1-2 s each, one after another when left to the launches."""
+        """Launch the queued kernels in order. The first time this process sees `key` (with the shapes, dtypes,
+        device and config overrides below: what selects the kernels' compiled variants; the config itself follows
+        from K, V and the device), compile them all at once in parallel first: a first GLA fwd+bwd compiles ~10
+        kernels of 1-2 s each, one after another when left to the launches."""
         plan, self._plan = self._plan, []
         key = key + (self.GATE, self.dtype, None if self.g is None else self.g.dtype, self.K, self.V, self.varlen,
-                     self.T % 16 == 0, self.T == 1, self.device, tuple(sorted(self.cfg.items())))
+                     self.T % 16 == 0, self.T == 1, self.device, tuple(sorted(OVERRIDES.items())))
         if key not in _COMPILED:
             _COMPILED.add(key)
             _compile_parallel(plan)

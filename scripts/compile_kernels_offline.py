@@ -14,7 +14,8 @@ import os
 import sys
 import time
 
-KERNELS = ["chunk_state_kernel", "chunk_onepass_kernel", "chunk_out_kernel", "chunk_vector_A_kernel", "chunk_dv_kernel", "chunk_dqk_kernel",
+KERNELS = ["chunk_state_kernel", "chunk_onepass_kernel", "chunk_out_kernel", "chunk_vector_A_kernel", "chunk_dv_kernel",
+           "chunk_dqk_kernel",
            "chunk_vector_dA_kernel", "chunk_vector_intra_bwd_kernel", "recurrent_kernel", "gate_grad_kernel",
            "local_cumsum_kernel"]
 PTR = {"torch.float32": "*fp32", "torch.bfloat16": "*bf16", "torch.float16": "*fp16", "torch.int64": "*i64",

@@ -249,7 +249,8 @@ def test_parallel_compile_glue(monkeypatch):
     p._flush("test")
     assert events == [("mode", True), ("warmup", "a", (1, 2), (3, "x"), {"num_warps": 4}),
                       ("warmup", "b", (5,), (6,), {"num_warps": 8}),
-                      ("launch", "a", (1, 2), (3, "x"), {"num_warps": 4}), ("launch", "b", (5,), (6,), {"num_warps": 8})]
+                      ("launch", "a", (1, 2), (3, "x"), {"num_warps": 4}),
+                      ("launch", "b", (5,), (6,), {"num_warps": 8})]
     events.clear()
     p._queue(a, (1, 2), 3, "x", num_warps=4)
     p._queue(b, (5,), 6, num_warps=8)

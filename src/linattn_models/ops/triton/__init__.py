@@ -381,11 +381,10 @@ class _GatedLinearAttention(torch.autograd.Function):
             do = torch.zeros_like(v)
         dht = dht.contiguous() if dht is not None else None
         dq, dk, dv, dg, dh0 = p.chunk_backward(do, dht, h0, h0 is not None and ctx.needs_input_grad[4], A)
-        dq = dq.view(q.shape).to(q.dtype)
-        dk = dk.view(k.shape).to(k.dtype)
-        dv = dv.view(v.shape)
+        # the kernels write every gradient in its input's dtype (the scalar gate's gate-gradient kernel casts dq, dk)
+        dq, dk, dv = dq.view(q.shape), dk.view(k.shape), dv.view(v.shape)
         if dg is not None:
-            dg = dg.view(g.shape).to(g.dtype)
+            dg = dg.view(g.shape)
         return dq, dk, dv, dg, dh0, None, None, None, None, None
 
 

@@ -181,10 +181,11 @@ def test_vector_gate_both_sub_chunk_paths(monkeypatch, diag_limit):
 
 
 @pytest.mark.parametrize("family", ["linear", "retention", "simple_gla"])
-@pytest.mark.parametrize("case", ["odd", "varlen", "no_state", "fp16", "wide"])
+@pytest.mark.parametrize("case", ["odd", "varlen", "no_state", "fp16", "wide", "one_token", "whole_chunks"])
 def test_onepass_forward(monkeypatch, family, case):
     """The one-pass forward (chunk_onepass_kernel; on by default only where the grid fills a GPU), forced on:
-    odd lengths and head dims, a varlen pack, no state in or out, fp16, and K, V over one 64-wide block."""
+    odd lengths and head dims, a varlen pack, no state in or out, fp16, K, V over one 64-wide block, T = 1, and
+    T a multiple of the chunk (the last chunk full)."""
     mod = triton_ops()
     monkeypatch.setitem(mod.OVERRIDES, "onepass_min_programs", 0)
     monkeypatch.setitem(mod.OVERRIDES, "onepass_min_programs_scalar", 0)
@@ -202,8 +203,12 @@ def test_onepass_forward(monkeypatch, family, case):
         check(family, q, k, v, g, None, final=False)
     elif case == "fp16":
         check(family, *make_inputs(family, 2, 80, 2, 32, 32), dtype=torch.float16)
-    else:
+    elif case == "wide":
         check(family, *make_inputs(family, 1, 70, 1, 130, 72))
+    elif case == "one_token":
+        check(family, *make_inputs(family, 3, 1, 2, 32, 16))
+    else:
+        check(family, *make_inputs(family, 2, 128, 2, 16, 32, strength=2.0))
     assert calls, "the one-pass forward did not run"
 
 

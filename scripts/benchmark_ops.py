@@ -111,6 +111,12 @@ def profile(step, iters=10, top=15):
     return out
 
 
+def floor_ms(inputs, bw):
+    """The forward's memory floor in ms: q, k, v (, g) read once and o (v's shape, bf16) written once at bw."""
+    nbytes = sum(t.numel() * t.element_size() for t in inputs if t is not None) + inputs[2].numel() * 2
+    return nbytes / bw * 1e3
+
+
 def copy_bandwidth():
     """Device-copy bandwidth (bytes read + written per second), the ceiling for the memory floor."""
     from triton.testing import do_bench
@@ -201,8 +207,7 @@ def main():
                 except Exception as e:  # a peer that fails (memory, shape) is reported, not fatal
                     row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 torch.cuda.empty_cache()
-            nbytes = sum(t.numel() * t.element_size() for t in x if t is not None) + x[2].numel() * 2
-            row["floor_fwd"] = nbytes / bw * 1e3
+            row["floor_fwd"] = floor_ms(x, bw)
             rows.append(row)
             print(json.dumps(row), flush=True)
     first = {}

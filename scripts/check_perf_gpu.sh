@@ -15,7 +15,7 @@
 #   STEP=11 first call of every op (fresh process, empty Triton cache); simple GLA correctness and timing (no fla)
 #   STEP=10 ops: host time per call (profile_host_gpu.py, cProfile), linear attention / retention / simple GLA
 #   STEP=9  ops: the one-pass forward (sweep_onepass_gpu.py: vs the two-kernel form, configs, grid sizes), its
-#           bf16/fp16/fp32 correctness forced on, then linear attention and retention vs fla and SDPA (2K/4K/8K);
+#           bf16/fp16 correctness forced on, then linear attention and retention vs fla and SDPA (2K/4K/8K);
 #           NO_SWEEP=1 skips the sweep (fla's first calls tune per length: the benchmark needs most of a call)
 # Env: OUT (default /tmp/perf), STEP (required; several, e.g. STEP="3 5", run one after another).
 # The timeouts of one call's steps must sum to under 600 s.

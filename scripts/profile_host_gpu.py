@@ -1,6 +1,6 @@
 """Where the host time of one op call goes on the GPU machine: cProfile over --iters forward+backward calls
 (bf16, B=4, H=16, D=128, T=--T, small enough that the GPU waits on the host), top functions by own time, and the
-wall time per call with and without a device sync per call.
+wall time per call back to back (one device sync at the end) and under cProfile.
 
     PYTHONPATH=src python scripts/profile_host_gpu.py --ops linear_attention retention --T 2048
 """

@@ -42,8 +42,7 @@ def main():
         for B, H, T, D in SHAPES:
             x = b.make_inputs(fam, B, T, H, D)
             fn = b.ours(fam)
-            nbytes = sum(t.numel() * t.element_size() for t in x if t is not None) + x[2].numel() * 2
-            floor = nbytes / bw * 1e3
+            floor = b.floor_ms(x, bw)
             base = None
             for cfg in CONFIGS:
                 mod.OVERRIDES.clear()

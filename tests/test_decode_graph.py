@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import linattn_models
+from devices import DEVICE, gpu_only
 from linattn_models.models import CONFIGS, LinearAttentionCache
 from linattn_models.models.common import CACHE_OUTPUT_NAME
 from linattn_models.models.common.decode_graph import ENV_VAR, _StepGraph
@@ -20,7 +21,7 @@ from linattn_models.ops import resolve_backend
 
 ARCHS = list(CONFIGS)
 VOCAB = 256
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+cuda = gpu_only("CUDA graphs")
 
 
 def make_model(arch, device="cpu", dtype=torch.float32, seed=0):
@@ -140,11 +141,11 @@ def test_binding_copies_in_and_releases_the_previous_owner():
 
 
 def test_recurrent_kernel_final_state_in_place():
-    """Through Triton's interpreter: the in-place final state equals the allocated one, and is the h0 buffer."""
+    """On the test device: the in-place final state equals the allocated one, and is the h0 buffer."""
     pytest.importorskip("triton")
     from linattn_models import ops
     from linattn_models.ops.api import final_state_in_place
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = DEVICE
     gen = torch.Generator().manual_seed(0)
     B, T, H, K, V = 2, 1, 2, 16, 32
     q, k, v = (torch.randn(B, T, H, d, generator=gen).to(dev) for d in (K, K, V))

@@ -1,29 +1,23 @@
-"""The fused block kernels (ops/triton/fused.py: RMSNorm with optional gate, rotary, SwiGLU) through Triton's
-interpreter on CPU, against the torch implementations of ops/fused.py run in float64.
+"""The fused block kernels (ops/triton/fused.py: RMSNorm with optional gate, rotary, SwiGLU) on the test device
+(compiled on a GPU, Triton's interpreter on CPU), against the torch implementations of ops/fused.py in float64.
 
 Outputs and the gradients of a random loss (x, weight, gate / q, k / g, u) with fresh random inputs; row counts
 that are not multiples of the kernels' blocks, non-power-of-two widths; fp32 (‖Δ‖/‖ref‖ ≤ 1e-5), fp16 (≤ 2e-3)
 and float64 called on the kernels directly (≤ 1e-12; the API sends float64 to torch). Outputs and scratch are
-NaN-poisoned first, so memory a kernel fails to write shows up.
+NaN-poisoned first, so memory a kernel fails to write shows up. bf16 (≤ 1e-2) on a GPU only (the interpreter's
+bf16 is garbage). Inputs are made on CPU (same values on every device), then moved to the test device.
 """
-import os
+import pytest
+import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is first imported (see test_triton_kernels.py)
+from devices import DEVICE, low_precision_dtypes
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+from linattn_models.ops import fused
+from linattn_models.ops.dispatch import triton_ops
 
-from linattn_models.ops import fused  # noqa: E402
-from linattn_models.ops.dispatch import triton_ops  # noqa: E402
-
-TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    mod = triton_ops()
-    assert mod.INTERPRET, "the kernel module was imported before TRITON_INTERPRET=1 was set"
-    monkeypatch.setattr(mod, "POISON", True)
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+DTYPES = [torch.float32, torch.float64] + low_precision_dtypes()
+pytestmark = pytest.mark.usefixtures("poisoned_kernels")
 
 
 def rel(a, b):
@@ -36,14 +30,17 @@ def grads(fn, inputs, seed):
     out = fn(*leaves)
     outs = out if isinstance(out, tuple) else (out,)
     gen = torch.Generator().manual_seed(seed)
-    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in outs)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in outs)
     loss.backward()
-    return list(outs) + [t.grad for t in leaves if t is not None]
+    return [t.cpu() for t in list(outs) + [t.grad for t in leaves if t is not None]]
 
 
 def check(triton_fn, torch_fn, inputs, dtype, seed):
-    ours = grads(triton_fn, [t.to(dtype) if t is not None and t.is_floating_point() else t for t in inputs], seed)
-    ref = grads(torch_fn, [t.double() if t is not None and t.is_floating_point() else t for t in inputs], seed)
+    """triton_fn on the test device in `dtype`, torch_fn on CPU in float64, from the same (rounded) inputs."""
+    mine = [t.to(DEVICE, dtype) if t is not None and t.is_floating_point() else t for t in inputs]
+    ours = grads(triton_fn, mine, seed)
+    ref = grads(torch_fn, [t.cpu().double() if t is not None and t.is_floating_point() else t for t in mine], seed)
     assert len(ours) == len(ref)
     for i, (a, b) in enumerate(zip(ours, ref)):
         assert not a.isnan().any(), f"output/grad {i} has NaN (unwritten memory?)"
@@ -57,7 +54,7 @@ def kernel(dtype, name):
     return None
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,D", [(37, 100), (16, 256), (5, 8)])
 @pytest.mark.parametrize("gated,affine", [(False, True), (True, True), (True, False), (False, False)])
 def test_rms_norm(dtype, N, D, gated, affine):
@@ -79,14 +76,14 @@ def test_rms_norm_out_dtype_and_mixed_weight():
     """fp32 input, fp32 weight, fp16 output (the autocast case): one rounding of the fp32 result."""
     torch.manual_seed(0)
     x, w = torch.randn(21, 64), torch.randn(64)
-    y = fused.rms_norm(x, w, 1e-6, out_dtype=torch.float16, backend="triton")
+    y = fused.rms_norm(x.to(DEVICE), w.to(DEVICE), 1e-6, out_dtype=torch.float16, backend="triton").cpu()
     assert y.dtype == torch.float16
     ref = fused.rms_norm(x.double(), w.double(), 1e-6, backend="torch")
     assert rel(y, ref) < 1e-3
     assert torch.equal(y, fused.rms_norm(x, w, 1e-6, backend="torch").half())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,H,D", [(2, 7, 3, 10), (1, 33, 2, 64), (3, 1, 1, 2)])
 def test_rotary(dtype, B, T, H, D):
     torch.manual_seed(B * T + D)
@@ -95,12 +92,13 @@ def test_rotary(dtype, B, T, H, D):
     inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
     fn = kernel(dtype, "rotary")
     f = pos.reshape(-1).double()[:, None] * inv_freq.double()[None, :]  # float64 tables for the float64 kernel
-    tri = (lambda q, k: fn(q, k, f.cos(), f.sin())) if fn else (lambda q, k: fused.rotary(q, k, pos, inv_freq,
+    f, dpos, dfreq = f.to(DEVICE), pos.to(DEVICE), inv_freq.to(DEVICE)
+    tri = (lambda q, k: fn(q, k, f.cos(), f.sin())) if fn else (lambda q, k: fused.rotary(q, k, dpos, dfreq,
                                                                                           backend="triton"))
     ref = lambda q, k: fused.rotary(q, k, pos, inv_freq.double(), backend="torch")  # noqa: E731
     # positions up to 5000 make cos/sin arguments ~5e3: float32 rounds them to ~2e-4 absolute, hence the
     # float32 kernel vs float64 reference is compared at 1e-3 there (the torch float32 path does the same)
-    tol = {torch.float64: 1e-12, torch.float32: 1e-3, torch.float16: 3e-3}[dtype]
+    tol = {torch.float64: 1e-12, torch.float32: 1e-3, torch.float16: 3e-3, torch.bfloat16: 1e-2}[dtype]
     TOL_save = TOL[dtype]
     TOL[dtype] = tol
     try:
@@ -115,13 +113,13 @@ def test_rotary_matches_torch_float32_and_expanded_positions():
     q, k = torch.randn(2, 50, 4, 32), torch.randn(2, 50, 4, 32)
     pos = torch.arange(50).expand(2, 50)
     inv_freq = 1.0 / (10000 ** (torch.arange(0, 32, 2, dtype=torch.float32) / 32))
-    a = fused.rotary(q, k, pos, inv_freq, backend="triton")
+    a = fused.rotary(q.to(DEVICE), k.to(DEVICE), pos.to(DEVICE), inv_freq.to(DEVICE), backend="triton")
     b = fused.rotary(q, k, pos, inv_freq, backend="torch")
     for x, y in zip(a, b):
-        assert (x - y).abs().max() < 1e-5
+        assert (x.cpu() - y).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 2049), (1,)])
 def test_swiglu(dtype, shape):
     torch.manual_seed(len(shape))
@@ -186,14 +184,14 @@ def test_linattn_fused_0_sends_the_ops_to_torch(monkeypatch):
     calls = []
     monkeypatch.setattr(triton_ops().fused, "swiglu", lambda g, u: calls.append(1) or g)
     monkeypatch.setenv("LINATTN_BACKEND", "triton")
-    g = torch.randn(5)
+    g = torch.randn(5, device=DEVICE)
     fused.swiglu(g, g)
     assert calls == [1]
     monkeypatch.setenv("LINATTN_FUSED", "0")
     assert torch.equal(fused.swiglu(g, g), torch.nn.functional.silu(g) * g) and calls == [1]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32] + low_precision_dtypes())
 @pytest.mark.parametrize("case", ["z0", "varlen", "plain"])
 def test_linear_attention_normalizer(dtype, case):
     """ops.normalize_linear_attention on the Triton kernel vs the torch path in float64: the normalised output,
@@ -208,7 +206,8 @@ def test_linear_attention_normalizer(dtype, case):
 
     def fn(backend):
         def run(o, q, k, z0):
-            out, z = ops.normalize_linear_attention(o, q, k, 0.3, z0=z0, cu_seqlens=cu, backend=backend)
+            c = None if cu is None else cu.to(q.device)
+            out, z = ops.normalize_linear_attention(o, q, k, 0.3, z0=z0, cu_seqlens=c, backend=backend)
             return (out,) if z is None else (out, z)
         return run
     check(fn("triton"), fn("torch"), [o, q, k, z0], dtype, seed=3)
@@ -237,9 +236,9 @@ def test_rotary_tables_shared_within_a_pass(monkeypatch):
     real_cos = torch.Tensor.cos
     monkeypatch.setattr(torch.Tensor, "cos", lambda self: made.append(1) or real_cos(self))
     torch.manual_seed(2)
-    q, k = torch.randn(2, 9, 3, 8), torch.randn(2, 9, 3, 8)
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
-    pos = torch.arange(9).repeat(2, 1)
+    q, k = torch.randn(2, 9, 3, 8, device=DEVICE), torch.randn(2, 9, 3, 8, device=DEVICE)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.float32, device=DEVICE) / 8))
+    pos = torch.arange(9, device=DEVICE).repeat(2, 1)
     plain = fused.rotary(q, k, pos, inv_freq, backend="triton")
     n0 = len(made)
     a = [fused.rotary(q, k, pos, inv_freq, backend="triton", share_key=("b", 8)) for _ in range(3)]

@@ -1,15 +1,13 @@
-"""The models on the Triton kernels, through Triton's interpreter on CPU (fp32), against the torch backend:
-a padded batch (packed varlen chunk calls with initial states), its gradients, and cached decoding steps."""
-import os
+"""The models on the Triton kernels (compiled on a GPU test device, Triton's interpreter on CPU), fp32, against
+the torch backend on the same device: a padded batch (packed varlen chunk calls with initial states), its
+gradients, and cached decoding steps."""
+import pytest
+import torch
 
-os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is first imported (it is imported lazily)
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import linattn_models  # noqa: E402
-from linattn_models.models import CONFIGS  # noqa: E402
-from linattn_models.models.common import CACHE_OUTPUT_NAME  # noqa: E402
+import linattn_models
+from devices import DEVICE
+from linattn_models.models import CONFIGS
+from linattn_models.models.common import CACHE_OUTPUT_NAME
 
 try:
     from linattn_models.ops.dispatch import triton_ops
@@ -26,13 +24,12 @@ def rel(a, b):
 
 
 @pytest.mark.parametrize("arch", list(CONFIGS))
-def test_triton_backend_matches_torch_backend(arch, monkeypatch):
-    assert triton_ops().INTERPRET, "the kernel module was imported before TRITON_INTERPRET=1 was set"
+def test_triton_backend_matches_torch_backend(arch, monkeypatch, poisoned_kernels):
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg = AutoConfig.from_pretrained(linattn_models.configs_path(arch, "tiny"), vocab_size=128, num_hidden_layers=1)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    x = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0))
+    model = AutoModelForCausalLM.from_config(cfg).to(DEVICE)
+    x = torch.randint(3, 128, (2, 40), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     mask = torch.ones_like(x)
     mask[1, :7] = 0
     res = {}

@@ -1,36 +1,25 @@
-"""The Triton kernels (ops/triton/) through Triton's interpreter on CPU, against the float64 torch reference.
+"""The Triton kernels (ops/triton/) against the float64 torch reference: on the test device (conftest's --device),
+compiled on a GPU, through Triton's interpreter on CPU.
 
 Forward output, final state and every gradient (dq, dk, dv, dg, dh0; a random loss on both o and the final
 state, so dht is exercised) for every gate kind, chunk and recurrent mode, varlen packs with a length-1 sequence,
 odd lengths, non-power-of-two head dims with K != V, strong gates, fp32 and fp16. Every output and scratch buffer
 of the kernels is NaN-poisoned before the run, so memory a kernel fails to write shows up as NaN.
-Relative error ‖x − ref‖ / ‖ref‖: fp32 ≤ 1e-4 (ieee dots in the interpreter), fp16 ≤ 1e-2.
-bf16 is not tested here: the interpreter gives garbage for bf16 (DESIGN.md); scripts/check_kernels_gpu.py does.
+Relative error ‖x − ref‖ / ‖ref‖: fp32 ≤ 1e-4 (ieee dots: the interpreter's, and on a GPU torch's default of
+no tf32), fp16 and bf16 ≤ 1e-2 (the GPU check's tolerances). bf16 runs on a GPU only: the interpreter gives
+garbage for bf16. The reference runs on CPU in float64 from the same rounded inputs.
 """
-import os
+import pytest
+import torch
+import torch.nn.functional as F
 
-# Triton decides interpreter vs compiler when a kernel is defined, i.e. when the kernel module is imported;
-# linattn_models imports it lazily on the first triton call, so setting this here (before any call) suffices.
-os.environ["TRITON_INTERPRET"] = "1"
+from devices import DEVICE, TOL, gpu_only, low_precision_dtypes
+from op_cases import FAMILIES, call, make_inputs
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from linattn_models import ops
+from linattn_models.ops.dispatch import triton_ops
 
-from op_cases import FAMILIES, call, make_inputs  # noqa: E402
-
-from linattn_models import ops  # noqa: E402
-from linattn_models.ops.dispatch import triton_ops  # noqa: E402
-
-TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    mod = triton_ops()
-    assert mod.INTERPRET, "the kernel module was imported before TRITON_INTERPRET=1 was set"
-    monkeypatch.setattr(mod, "POISON", True)
-    yield
+pytestmark = pytest.mark.usefixtures("poisoned_kernels")
 
 
 def run(family, backend, q, k, v, g, h0, mode, cu=None, final=True, seed=1):
@@ -40,9 +29,10 @@ def run(family, backend, q, k, v, g, h0, mode, cu=None, final=True, seed=1):
     o, s = call(family, qq, kk, vv, gg, initial_state=hh, output_final_state=final, cu_seqlens=cu, mode=mode,
                 backend=backend)
     gen = torch.Generator().manual_seed(seed)
-    loss = (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
+    w = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device)  # noqa: E731
+    loss = (o.double() * w(o)).sum()
     if final:
-        loss = loss + (s.double() * torch.randn(s.shape, generator=gen, dtype=torch.float64)).sum()
+        loss = loss + (s.double() * w(s)).sum()
     loss.backward()
     out = {"o": o, "ht": s, "dq": qq.grad, "dk": kk.grad, "dv": vv.grad}
     if g is not None:
@@ -59,22 +49,23 @@ def check(family, q, k, v, g, h0, mode="chunk", dtype=torch.float32, cu=None, fi
     reverse cumsum of q⊙dq − k⊙dk (KERNELS.md); under very strong gates the exact dg is ~e^(-30) while the
     summands are O(1) and cancel, so fp32 leaves an absolute error of ~1e-7 of the summands (as in fla).
     """
-    q, k, v = (t.to(dtype) for t in (q, k, v))
-    g = None if g is None else g.to(dtype)
-    h0f = None if h0 is None else h0.float()
-    got = run(family, "triton", q, k, v, g, h0f, mode, cu, final)
-    d = lambda t: None if t is None else t.double()  # noqa: E731
+    q, k, v = (t.to(DEVICE, dtype) for t in (q, k, v))
+    g = None if g is None else g.to(DEVICE, dtype)
+    h0f = None if h0 is None else h0.to(DEVICE, torch.float32)
+    cu_dev = None if cu is None else cu.to(DEVICE)
+    got = run(family, "triton", q, k, v, g, h0f, mode, cu_dev, final)
+    d = lambda t: None if t is None else t.cpu().double()  # noqa: E731
     ref = run(family, "torch", d(q), d(k), d(v), d(g), d(h0f), "chunk", cu, final)
     assert got.keys() == ref.keys()
     for name, r in ref.items():
-        x = got[name]
+        x = got[name].cpu()
         assert x.shape == r.shape, name
         want = torch.float32 if name in ("ht", "dh0") else dtype
         assert x.dtype == want, (name, x.dtype)
         assert torch.isfinite(x).all(), f"{name} has NaN/inf (unwritten memory?)"
         den = r.norm()
         if name == "dg" and dg_scale:
-            qdq, kdk = q.double() * ref["dq"], k.double() * ref["dk"]
+            qdq, kdk = d(q) * ref["dq"], d(k) * ref["dk"]
             if g.ndim == 3:  # scalar gate: the summands are summed over the key dim
                 qdq, kdk = qdq.sum(-1), kdk.sum(-1)
             qdq, kdk = qdq.norm(), kdk.norm()
@@ -114,8 +105,25 @@ def test_gate_strength(family, strength):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fp16(family):
-    check(family, *make_inputs(family, 2, 80, 2, 32, 32), dtype=torch.float16)
+@pytest.mark.parametrize("dtype", low_precision_dtypes())
+def test_low_precision(family, dtype):
+    check(family, *make_inputs(family, 2, 80, 2, 32, 32), dtype=dtype)
+
+
+@gpu_only("the shipped block sizes at the models' head dims take minutes in the interpreter")
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode,varlen", [("chunk", False), ("chunk", True), ("recurrent", False)])
+def test_model_head_dims(family, dtype, mode, varlen):
+    """D = 128 (K = V) and K = 128, V = 256 (RetNet/GLA heads), T over 16 chunks, a grid of >= 64 programs so
+    the one-pass forward runs where it would for a user; varlen packs with a length-1 sequence."""
+    if varlen:
+        lens = [700, 1, 64, 259]
+        cu = torch.tensor([0] + lens).cumsum(0)
+        check(family, *make_inputs(family, 1, sum(lens), 16, 128, 256, strength=2.0, N=len(lens)), mode=mode,
+              dtype=dtype, cu=cu)
+    else:
+        check(family, *make_inputs(family, 2, 1030, 32, 128, 128, strength=2.0), mode=mode, dtype=dtype)
 
 
 @pytest.mark.parametrize("family", ["retention", "gla"])
@@ -147,16 +155,16 @@ def test_non_contiguous_inputs():
 
 def test_poison_is_on():
     mod = triton_ops()
-    assert torch.isnan(mod._new((3,), torch.float32, torch.device("cpu"))).all()
+    assert torch.isnan(mod._new((3,), torch.float32, DEVICE)).all()
 
 
 def test_empty_and_float64():
-    q, k, v, g, h0 = make_inputs("gla", 1, 0, 2, 8, 8)
+    q, k, v, g, h0 = (t.to(DEVICE) for t in make_inputs("gla", 1, 0, 2, 8, 8))
     o, s = ops.gated_linear_attention(q.float(), k.float(), v.float(), g.float(), initial_state=h0.float(),
                                       output_final_state=True, backend="triton")
     assert o.shape == (1, 0, 2, 8) and torch.equal(s, h0.float())
     with pytest.raises(TypeError, match="float64"):
-        q, k, v, g, h0 = make_inputs("gla", 1, 5, 2, 8, 8)
+        q, k, v, g, h0 = (t.to(DEVICE) for t in make_inputs("gla", 1, 5, 2, 8, 8))
         ops.gated_linear_attention(q, k, v, g, backend="triton")
 
 
@@ -165,10 +173,10 @@ def test_gate_grad_error_does_not_grow_with_length():
     sequence it was 4.5x dq's at T=4096 in fp16 here, and 1.5e-2..5.7e-2 in bf16 on an H100)."""
     q, k, v, g, _ = make_inputs("simple_gla", 1, 2048, 1, 32, 32, seed=3)
     g = F.logsigmoid(torch.randn(g.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 2)
-    q, k, v, g = (t.half() for t in (q, k, v, g))
+    q, k, v, g = (t.to(DEVICE, torch.half) for t in (q, k, v, g))
     got = run("simple_gla", "triton", q, k, v, g, None, "chunk")
-    ref = run("simple_gla", "torch", q.double(), k.double(), v.double(), g.double(), None, "chunk")
-    err = {n: ((got[n].double() - ref[n]).norm() / ref[n].norm()).item() for n in ("dq", "dk", "dg")}
+    ref = run("simple_gla", "torch", *(t.cpu().double() for t in (q, k, v, g)), None, "chunk")
+    err = {n: ((got[n].cpu().double() - ref[n]).norm() / ref[n].norm()).item() for n in ("dq", "dk", "dg")}
     assert err["dg"] <= 2 * max(err["dq"], err["dk"]), err
 
 

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import linattn_models
+from devices import DEVICE
 from linattn_models import ops
 
 
@@ -77,11 +78,11 @@ def test_deterministic_training_step():
 
 
 def test_triton_kernels_are_deterministic():
-    """The kernels use no atomics: the same inputs give bitwise-identical outputs and gradients (interpreter)."""
+    """The kernels use no atomics: the same inputs give bitwise-identical outputs and gradients (test device)."""
     def run():
         torch.manual_seed(5)
-        q, k, v = (torch.randn(1, 70, 2, 16, requires_grad=True) for _ in range(3))
-        g = (-torch.rand(1, 70, 2, 16)).requires_grad_(True)
+        q, k, v = (torch.randn(1, 70, 2, 16, device=DEVICE, requires_grad=True) for _ in range(3))
+        g = (-torch.rand(1, 70, 2, 16, device=DEVICE)).requires_grad_(True)
         o, s = ops.gated_linear_attention(q, k, v, g, output_final_state=True, backend="triton")
         (o.sum() + s.sum()).backward()
         return [o, s, q.grad, k.grad, v.grad, g.grad]

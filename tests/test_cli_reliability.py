@@ -75,6 +75,11 @@ def test_output_dir_of_another_run_is_refused_and_overwrite_keeps_its_checkpoint
 
     # --overwrite: a new run; the old run's checkpoints are moved aside, never deleted or overwritten
     old_id = rundir.read_run(out)["run_id"]
+    # ... but only once training starts: a run that fails on its data first changes nothing
+    msg = usage_error(capsys, train_cli.main, base(setup, out, "--overwrite", "--block-size", "100000"))
+    assert "--block-size 100000: not enough text for one block" in msg
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-1", "checkpoint-2"}
+    assert rundir.read_run(out)["run_id"] == old_id and not (out / rundir.PREVIOUS_DIR).exists()
     res = train_cli.main(base(setup, out, "--overwrite", "--save-total-limit", "1"))
     assert res["steps"] == 2
     assert "--overwrite: moved the 2 checkpoint(s)" in capsys.readouterr().out
@@ -124,8 +129,11 @@ def test_prepare_output_dir_rules(tmp_path):
     old = fake_run(d, default_job=True)
     with pytest.raises(rundir.RunDirError, match="already holds a training run"):  # not the default job
         rundir.prepare_output_dir(d, overwrite=False, resume=None, default_job=False, **kw)
-    rid, resume = rundir.prepare_output_dir(d, overwrite=False, resume=None, default_job=True, **kw)
+    rid, resume, apply = rundir.prepare_output_dir(d, overwrite=False, resume=None, default_job=True, **kw)
+    assert (d / "checkpoint-5").is_dir()  # nothing changes before apply() (just before training starts)
+    apply()
     assert rid != old and resume is None and not (d / "checkpoint-5").exists()
+    assert rundir.read_run(d)["run_id"] == rid
     assert "holds the previous run of the built-in default job: replacing it" in said[-1]
 
     d = tmp_path / "user"
@@ -148,7 +156,8 @@ def test_prepare_output_dir_rules(tmp_path):
 
     d = tmp_path / "fresh"  # --resume into an empty dir starts fresh (a preemptible job's one command)
     d.mkdir()
-    rid, resume = rundir.prepare_output_dir(d, overwrite=False, resume="auto", default_job=False, **kw)
+    rid, resume, apply = rundir.prepare_output_dir(d, overwrite=False, resume="auto", default_job=False, **kw)
+    apply()
     assert rid and resume is None and rundir.read_run(d)["run_id"] == rid
 
 

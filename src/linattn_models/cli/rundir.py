@@ -244,10 +244,12 @@ def read_run(out_dir) -> dict | None:
 
 def prepare_output_dir(out_dir, *, overwrite: bool, resume: str | None, default_job: bool,
                        say: Callable[[str], None], warn: Callable[[str], None],
-                       argv: list[str] | None = None) -> tuple[str, Path | None]:
-    """Decide, under the lock, whether this run may write to ``out_dir``; returns (run id, checkpoint to
-    resume from or None) and records the run in ``linattn_run.json``. Raises RunDirError when the
-    directory holds another run and neither ``overwrite`` nor ``resume`` is set.
+                       argv: list[str] | None = None) -> tuple[str, Path | None, Callable[[], None]]:
+    """Decide, under the lock and before any heavy work, whether this run may write to ``out_dir``.
+    Returns (run id, checkpoint to resume from or None, apply); ``apply()``, called just before training
+    starts, moves or deletes what the decision says and records the run in ``linattn_run.json`` (so a run
+    that fails while loading its data changes nothing). Raises RunDirError when the directory holds another
+    run and neither ``overwrite`` nor ``resume`` is set.
 
     - ``resume``: continue the run the directory holds, from its last complete checkpoint (or ``resume``
       itself when it is a path); with no complete checkpoint, start fresh unless a model is already there.
@@ -260,7 +262,7 @@ def prepare_output_dir(out_dir, *, overwrite: bool, resume: str | None, default_
     contents = run_contents(out)
     run = read_run(out) or {}
     resume_from = None
-    run_id = None
+    todo: list[Callable[[], None]] = []
     if resume:
         if resume == "auto":
             resume_from = last_complete_checkpoint(out, warn)
@@ -282,8 +284,12 @@ def prepare_output_dir(out_dir, *, overwrite: bool, resume: str | None, default_
         run_id = new_run_id()
     elif overwrite:
         old = checkpoints(out)
-        if old:
-            dest = out / PREVIOUS_DIR / (run.get("run_id") or ("unknown-" + new_run_id()))
+        dest = out / PREVIOUS_DIR / (run.get("run_id") or ("unknown-" + new_run_id()))
+
+        def move_aside():
+            if not old:
+                say(f"--overwrite: replacing the run in {out}")
+                return
             dest.mkdir(parents=True, exist_ok=True)
             for _, p in old:
                 target = dest / p.name
@@ -293,19 +299,22 @@ def prepare_output_dir(out_dir, *, overwrite: bool, resume: str | None, default_
             say(f"--overwrite: moved the {len(old)} checkpoint(s) of the run that was in {out} "
                 f"({', '.join(p.name for _, p in old)}) to {dest}/ (never deleted: remove them when no longer "
                 "needed); its final model files are replaced at the end of this run")
-        else:
-            say(f"--overwrite: replacing the run in {out}")
+
+        todo.append(move_aside)
         run_id = new_run_id()
     else:
         old = checkpoints(out)
         prev_id = run.get("run_id")
         if default_job and run.get("default_job") and prev_id and all(
                 (checkpoint_info(p) or {}).get("run_id") == prev_id for _, p in old):
-            for _, p in old:
-                shutil.rmtree(p)
-            say(f"{out} holds the previous run of the built-in default job: replacing it"
-                + (f" (its checkpoints {', '.join(p.name for _, p in old)} are deleted)" if old else "")
-                + "; pass --output-dir to keep a run")
+            def replace_default_run():
+                for _, p in old:
+                    shutil.rmtree(p)
+                say(f"{out} holds the previous run of the built-in default job: replacing it"
+                    + (f" (its checkpoints {', '.join(p.name for _, p in old)} are deleted)" if old else "")
+                    + "; pass --output-dir to keep a run")
+
+            todo.append(replace_default_run)
             run_id = new_run_id()
         else:
             shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
@@ -313,8 +322,14 @@ def prepare_output_dir(out_dir, *, overwrite: bool, resume: str | None, default_
                 f"--output-dir {out} already holds a training run ({shown}): pass --overwrite to replace it "
                 f"(its checkpoints are kept, moved to {out / PREVIOUS_DIR}/), or --resume to continue it, or "
                 "pick another --output-dir")
-    _write_json_atomic(out / RUN_MARKER, {
-        "run_id": run_id, "default_job": bool(default_job), "pid": os.getpid(), "host": socket.gethostname(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed_from": str(resume_from) if resume_from else None,
-        "argv": list(argv or [])})
-    return run_id, resume_from
+
+    def apply():
+        for f in todo:
+            f()
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(out / RUN_MARKER, {
+            "run_id": run_id, "default_job": bool(default_job), "pid": os.getpid(),
+            "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "resumed_from": str(resume_from) if resume_from else None, "argv": list(argv or [])})
+
+    return run_id, resume_from, apply

@@ -585,12 +585,14 @@ def _run(args, argv: list[str], stack: contextlib.ExitStack) -> dict:
         setattr(config, name, getattr(tokenizer, name))
 
     # ---- output dir: one writer (a lock), no other run's files replaced, resume from a complete checkpoint
-    run_id, resume = None, None
+    # (decided here, before the data is loaded; carried out just before training starts)
+    run_id, resume, apply_output_dir = None, None, (lambda: None)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         stack.enter_context(rundir.OutputDirLock(out_dir, warn))
-        run_id, resume = rundir.prepare_output_dir(out_dir, overwrite=args.overwrite, resume=args.resume,
-                                                   default_job=default_job, say=say, warn=warn, argv=argv)
+        run_id, resume, apply_output_dir = rundir.prepare_output_dir(
+            out_dir, overwrite=args.overwrite, resume=args.resume, default_job=default_job, say=say, warn=warn,
+            argv=argv)
     elif args.resume:  # the other processes of a distributed run resume from the same checkpoint
         resume = (rundir.last_complete_checkpoint(out_dir, lambda m: None) if args.resume == "auto"
                   else Path(args.resume))
@@ -702,6 +704,7 @@ def _run(args, argv: list[str], stack: contextlib.ExitStack) -> dict:
     if max_time:
         say(f"  (training ends after {max_time:.0f}s or {targs.max_steps} steps, whichever comes first: "
             "the progress bar's total is the step limit)")
+    apply_output_dir()
     train_t0 = time.time()
     train_out = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     train_time = time.time() - train_t0

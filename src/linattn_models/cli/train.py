@@ -5,6 +5,10 @@ library's own source (gathered at run time, nothing downloaded), sized to finish
 2-core CPU. It prints the held-out loss next to the unigram baseline, writes checkpoints (each with the
 tokenizer), a loss-curve PNG and ``results.json`` to ``runs/default``, and prints a generated sample.
 
+An --output-dir that holds another run is refused unless --overwrite (its checkpoints are moved to
+previous-checkpoints/, never deleted) or --resume is given; the built-in default job replaces its own
+previous run. One process per output dir (train.lock); --resume skips checkpoints cut short by a kill.
+
 Multi-GPU / multi-node: run the same script under ``accelerate launch`` (see configs/accelerate/).
 """
 from __future__ import annotations

@@ -9,7 +9,8 @@ OUT=${OUT:-/tmp/mainjob}; STEPS=${STEPS:-40}; ARCHS=${ARCHS:-"gla retnet linear_
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 COMMON=(--size 125m --max-steps "$STEPS" --block-size 1024 --eval-steps "$STEPS" --save-steps "$STEPS"
-        --logging-steps 5 --max-eval-blocks 32 --sample-tokens 40 --warmup-steps 10 --lr 1e-3 --no-plot)
+        --logging-steps 5 --max-eval-blocks 32 --sample-tokens 40 --warmup-steps 10 --lr 1e-3 --no-plot
+        --overwrite)  # a rerun replaces the last one's runs (their checkpoints go to previous-checkpoints/)
 run() {  # name, timeout, command...
   local name=$1 t=$2; shift 2
   local t0=$(date +%s)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough for a few CPU steps in seconds.
 TINY = ["--set", "hidden_size=64", "--set", "num_hidden_layers=2", "--set", "num_heads=2",
-        "--set", "num_attention_heads=2", "--set", "num_key_value_heads=2", "--set", "intermediate_size=128"]
+        "--set", "num_attention_heads=2", "--set", "intermediate_size=128"]
 FAST = ["--max-steps", "4", "--block-size", "32", "--batch-size", "2", "--eval-steps", "2", "--save-steps", "2",
         "--logging-steps", "1", "--max-eval-blocks", "4", "--sample-tokens", "6", "--warmup-steps", "1"]
 

@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from linattn_models.cli import UsageError
+
 # Directories of the standard library that are not part of the corpus.
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
               "encodings"}  # encodings: generated codec tables, not prose or code
@@ -142,28 +144,103 @@ def _builder_for(paths: list[str]) -> str:
     return kinds.pop()
 
 
-def _expand(paths: list[str]) -> list[str]:
+_DATA_SUFFIXES = {".txt", ".md", ".py", ".json", ".jsonl", ".parquet", ".csv", ".text", ".rst"}
+
+
+class DataFileError(UsageError):
+    """A --data / --eval-data path that does not exist, holds no data files, or is not text."""
+
+
+def _expand(paths: list[str], flag: str = "--data") -> list[str]:
     out = []
     for p in paths:
         q = Path(p)
         if q.is_dir():
-            out += sorted(str(f) for f in q.rglob("*") if f.is_file() and f.suffix.lower() in
-                          {".txt", ".md", ".py", ".json", ".jsonl", ".parquet", ".csv", ".text", ".rst"})
-        else:
+            out += sorted(str(f) for f in q.rglob("*") if f.is_file() and f.suffix.lower() in _DATA_SUFFIXES)
+        elif q.exists():
             out.append(p)
+        else:
+            raise DataFileError(f"{flag} {p}: no such file or directory")
     if not out:
-        raise FileNotFoundError(f"no data files found in {paths}")
+        raise DataFileError(f"{flag} {' '.join(paths)}: no data files found (expected files or directories "
+                            f"holding {'/'.join(sorted(_DATA_SUFFIXES))} files)")
     return out
 
 
-def load_local_dataset(paths: list[str], text_field: str = "text", sample_by: str = "document"):
+def _not_text(path: str, limit: int | None = None) -> str | None:
+    """Why ``path`` is not UTF-8 text (a NUL byte or an invalid byte sequence in its first ``limit`` bytes,
+    all of it when None), or None when it reads as UTF-8 text."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            while limit is None or offset < limit:
+                chunk = f.read(1 << 16 if limit is None else min(1 << 16, limit - offset))
+                if not chunk:
+                    dec.decode(b"", final=True)
+                    return None
+                nul = chunk.find(b"\0")
+                if nul >= 0:
+                    return f"a NUL byte at offset {offset + nul}"
+                try:
+                    dec.decode(chunk, final=False)
+                except UnicodeDecodeError as e:
+                    return f"byte 0x{chunk[e.start]:02x} at offset {offset + e.start} is not UTF-8"
+                offset += len(chunk)
+    except UnicodeDecodeError:
+        return "it ends inside a UTF-8 character"
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    return None
+
+
+def _text_error(flag: str, path: str, why: str) -> DataFileError:
+    return DataFileError(f"{flag} file {path} is not text ({why}): expected UTF-8 text (.txt/.md/.py..., "
+                         ".json/.jsonl/.csv with the --text-field column, or .parquet)")
+
+
+def data_files(paths: list[str], flag: str = "--data", sniff_bytes: int = 4096) -> list[str]:
+    """The data files behind ``paths`` (directories expanded), checked before any heavy work: each path
+    exists, there is at least one file, one kind of file, and each text-like file starts as UTF-8 text
+    (its first ``sniff_bytes`` bytes; a file that turns binary further on is named when loading fails)."""
+    files = _expand(paths, flag)
+    try:
+        builder = _builder_for(files)
+    except ValueError as e:
+        raise DataFileError(f"{flag}: {e}") from None
+    if builder != "parquet":
+        for f in files:
+            why = _not_text(f, sniff_bytes)
+            if why:
+                raise _text_error(flag, f, why)
+    return files
+
+
+def _raise_if_not_text(files: list[str], builder: str, flag: str, cause: BaseException) -> None:
+    if builder == "parquet":
+        return
+    for f in files:
+        why = _not_text(f)
+        if why:
+            raise _text_error(flag, f, why) from cause
+
+
+def load_local_dataset(paths: list[str], text_field: str = "text", sample_by: str = "document",
+                       flag: str = "--data"):
     """Load local files through ``datasets`` (no download): .txt-like files with the ``text`` builder
     (one example per ``sample_by``: document, paragraph or line), .json/.jsonl/.csv/.parquet files by
-    their builder, keeping only ``text_field`` (renamed to ``text``)."""
-    files = _expand(paths)
+    their builder, keeping only ``text_field`` (renamed to ``text``). A path that does not exist or a file
+    that is not text raises DataFileError naming it (``flag`` is the option it came from)."""
+    files = data_files(paths, flag)
     builder = _builder_for(files)
     if not have_datasets():
-        return _load_local_fallback(files, builder, text_field, sample_by)
+        try:
+            return _load_local_fallback(files, builder, text_field, sample_by)
+        except UnicodeDecodeError as e:
+            _raise_if_not_text(files, builder, flag, e)
+            raise
     from datasets import load_dataset
 
     kwargs = {}
@@ -171,13 +248,18 @@ def load_local_dataset(paths: list[str], text_field: str = "text", sample_by: st
         kwargs["sample_by"] = sample_by
         if sample_by == "line":
             kwargs["keep_linebreaks"] = True
-    ds = load_dataset(builder, data_files={"train": files}, split="train", **kwargs)
+    try:
+        ds = load_dataset(builder, data_files={"train": files}, split="train", **kwargs)
+    except Exception as e:  # datasets wraps a decoding error in DatasetGenerationError: name the file
+        _raise_if_not_text(files, builder, flag, e)
+        raise
+    if text_field not in ds.column_names:
+        raise DataFileError(f"--text-field {text_field}: no such field in {files[0]} (columns: "
+                            f"{', '.join(ds.column_names)})")
     if text_field != "text":
         if "text" in ds.column_names:
             ds = ds.remove_columns("text")
         ds = ds.rename_column(text_field, "text")
-    if "text" not in ds.column_names:
-        raise ValueError(f"no '{text_field}' field in {files[0]} (columns: {ds.column_names}); use --text-field")
     return ds.select_columns(["text"])
 
 
@@ -193,7 +275,8 @@ def _load_local_fallback(files, builder, text_field, sample_by):
                 recs = json.load(fh) if head == "[" else [json.loads(line) for line in fh if line.strip()]
             for r in recs:
                 if text_field not in r:
-                    raise ValueError(f"no '{text_field}' field in {f}; use --text-field")
+                    raise DataFileError(f"--text-field {text_field}: no such field in {f} (fields: "
+                                        f"{', '.join(r)})")
                 rows.append({"text": r[text_field]})
         elif builder == "text":
             text = Path(f).read_text(encoding="utf-8")

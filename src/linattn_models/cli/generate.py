@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="linattn-generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint", nargs="?", default="runs/default", help="checkpoint dir (default: runs/default)")
-    ap.add_argument("--prompt", action="append", help="prompt (repeatable; default 'def ')")
+    ap.add_argument("--prompt", action="append",
+                    help="prompt (repeatable; default 'def '); must not be empty: the model continues a prompt")
     ap.add_argument("--max-new-tokens", type=int, default=120)
     ap.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     ap.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
@@ -48,9 +49,12 @@ def load_model_and_tokenizer(checkpoint: str, tokenizer: str | None = None, devi
     import linattn_models  # noqa: F401  (registers the model types with AutoConfig / AutoModelForCausalLM)
     from linattn_models.tokenizer import load_tokenizer
 
+    from linattn_models.cli import UsageError
+
     ckpt = Path(checkpoint)
     if not (ckpt / "config.json").is_file():
-        raise SystemExit(f"{ckpt} is not a checkpoint directory (no config.json)")
+        raise UsageError(f"checkpoint {ckpt}: " + ("no config.json in this directory" if ckpt.is_dir() else
+                         "no such directory") + " (expected a checkpoint directory, e.g. runs/default)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype == "auto":
@@ -66,8 +70,44 @@ def load_model_and_tokenizer(checkpoint: str, tokenizer: str | None = None, devi
     return model, tok
 
 
+def validate_args(args) -> None:
+    """Check the arguments before the model is loaded; raises UsageError naming the flag."""
+    from linattn_models.cli import UsageError
+
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1 (samples per prompt), got {args.num_samples}")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.greedy:
+        if not args.temperature > 0:
+            raise UsageError(f"--temperature must be > 0 (or pass --greedy), got {args.temperature}")
+        if args.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0 = no top-k filtering), got {args.top_k}")
+        if not 0 < args.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not args.repetition_penalty > 0:
+        raise UsageError(f"--repetition-penalty must be > 0, got {args.repetition_penalty}")
+    for p in args.prompt or []:
+        if p == "":
+            raise UsageError("--prompt must not be empty: the model continues the prompt's tokens "
+                             "(pass some text, e.g. --prompt 'def ')")
+
+
 def main(argv=None) -> list[str]:
-    args = build_parser().parse_args(argv)
+    """Sample from a checkpoint; returns the generated texts. Bad input exits (SystemExit, status 2) with
+    one line ``linattn-generate: error: ...`` on stderr, like argparse."""
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    from linattn_models.cli import UsageError
+
+    try:
+        validate_args(args)
+        return _run(args)
+    except UsageError as e:
+        ap.exit(2, f"{ap.prog}: error: {e}\n")
+
+
+def _run(args) -> list[str]:
     import torch
     from transformers import TextStreamer, pipeline, set_seed
 

@@ -5,11 +5,16 @@ library's own source (gathered at run time, nothing downloaded), sized to finish
 2-core CPU. It prints the held-out loss next to the unigram baseline, writes checkpoints (each with the
 tokenizer), a loss-curve PNG and ``results.json`` to ``runs/default``, and prints a generated sample.
 
+An --output-dir that holds another run is refused unless --overwrite (its checkpoints are moved to
+previous-checkpoints/, never deleted) or --resume is given; the built-in default job replaces its own
+previous run. One process per output dir (train.lock); --resume skips checkpoints cut short by a kill.
+
 Multi-GPU / multi-node: run the same script under ``accelerate launch`` (see configs/accelerate/).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -109,7 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on at most N packed blocks (0 = all)")
     d.add_argument("--num-proc", type=int, help="processes for tokenization")
     t = ap.add_argument_group("training")
-    t.add_argument("--output-dir", default="runs/default")
+    t.add_argument("--output-dir", default="runs/default",
+                   help="where the model, checkpoints and results go. A directory that holds another run is "
+                   "refused unless --overwrite or --resume is given (the built-in default job replaces its own "
+                   "previous run in runs/default); one training process per directory at a time")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output-dir that holds another run: its checkpoints are not "
+                   "deleted but moved to <output-dir>/previous-checkpoints/<run id>/; its final model files are "
+                   "replaced at the end")
     t.add_argument("--max-steps", type=int, default=None,
                    help=f"optimizer steps (-1: use --epochs); default 400 ({DEFAULT_JOB_MAX_STEPS} for the built-in "
                    "default job, which its time budget ends first)")
@@ -123,11 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-grad-norm", type=float, default=1.0)
     t.add_argument("--eval-steps", type=int, default=50)
     t.add_argument("--save-steps", type=int, default=200)
-    t.add_argument("--save-total-limit", type=int, default=2)
+    t.add_argument("--save-total-limit", type=int, default=2,
+                   help="keep the last N checkpoints of this run (0 = all); other runs' checkpoints are never deleted")
     t.add_argument("--logging-steps", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="resume from the last checkpoint in --output-dir (or from CKPT)")
+                   help="resume from the last complete checkpoint in --output-dir (or from CKPT); checkpoints "
+                   "cut short by a kill are skipped")
     t.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                    help="auto: bf16 on a GPU that supports it, else fp32")
     t.add_argument("--activation-checkpointing", action="store_true")
@@ -145,6 +159,91 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-tokens", type=int, default=120)
     g.add_argument("--no-plot", action="store_true")
     return ap
+
+
+# (flag, value check, what is expected): checked before anything is loaded
+_RANGES = [
+    ("--block-size", lambda v: v >= 2, ">= 2 (tokens per packed training sequence; each token is predicted "
+     "from the ones before it)"),
+    ("--max-steps", lambda v: v is None or v >= 1 or v == -1, ">= 1, or -1 to train for --epochs"),
+    ("--epochs", lambda v: v > 0, "> 0"),
+    ("--batch-size", lambda v: v >= 1, ">= 1"),
+    ("--grad-accum", lambda v: v >= 1, ">= 1"),
+    ("--eval-steps", lambda v: v >= 1, ">= 1"),
+    ("--save-steps", lambda v: v >= 1, ">= 1"),
+    ("--logging-steps", lambda v: v >= 1, ">= 1"),
+    ("--save-total-limit", lambda v: v >= 0, ">= 0 (0 keeps all of this run's checkpoints)"),
+    ("--eval-fraction", lambda v: 0 < v < 1, "between 0 and 1 (the fraction of --data documents held out)"),
+    ("--max-eval-blocks", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("--max-train-docs", lambda v: v is None or v >= 1, ">= 1"),
+    ("--num-proc", lambda v: v is None or v >= 1, ">= 1"),
+    ("--lr", lambda v: v > 0, "> 0"),
+    ("--min-lr-ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("--warmup-steps", lambda v: v >= 0, ">= 0"),
+    ("--max-time", lambda v: v is None or v >= 0, ">= 0 seconds (0 = no time budget)"),
+    ("--workers", lambda v: v >= 0, ">= 0"),
+    ("--threads", lambda v: v >= 0, ">= 0 (0 = auto)"),
+    ("--sample-tokens", lambda v: v >= 0, ">= 0 (0 = no sample)"),
+]
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model")
+
+
+def validate_args(args) -> tuple[list[str] | None, list[str] | None]:
+    """Check the arguments before any heavy work; raises UsageError naming the flag and what was expected.
+    Returns the --data and --eval-data files (directories expanded, each checked to be text)."""
+    from linattn_models.cli import UsageError
+    from linattn_models.cli.data import data_files
+
+    for flag, ok, expected in _RANGES:
+        v = getattr(args, flag[2:].replace("-", "_"))
+        if not ok(v):
+            raise UsageError(f"{flag} must be {expected}, got {v}")
+    for kv in args.overrides:
+        if "=" not in kv:
+            raise UsageError(f"--set expects KEY=VALUE, got {kv!r}")
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite and --resume exclude each other: --overwrite starts a new run in "
+                         "--output-dir, --resume continues the one there")
+    out = Path(args.output_dir)
+    for q in (out, *out.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise UsageError(f"--output-dir {out}: {'it' if q == out else q} is a file, expected a directory "
+                                 "(created if missing)")
+            break
+    if args.config:
+        p = Path(args.config)
+        if not p.exists():
+            raise UsageError(f"--config {p}: no such file or directory (expected a config.json file or a "
+                             "checkpoint directory)")
+        if p.is_dir() and not (p / "config.json").is_file():
+            raise UsageError(f"--config {p}: no config.json in this directory (expected a config.json file or a "
+                             "checkpoint directory)")
+    if args.init_from:
+        p = Path(args.init_from)
+        what = "expected a checkpoint directory with config.json and the weights"
+        if not p.exists():
+            raise UsageError(f"--init-from {p}: no such directory ({what})")
+        if not p.is_dir():
+            raise UsageError(f"--init-from {p} is a file ({what})")
+        if not (p / "config.json").is_file():
+            raise UsageError(f"--init-from {p}: no config.json in this directory ({what})")
+    if args.tokenizer:
+        p = Path(args.tokenizer)
+        what = "expected a local tokenizer directory, e.g. a checkpoint directory with tokenizer.json"
+        if not p.exists():
+            raise UsageError(f"--tokenizer {p}: no such directory ({what})")
+        if not p.is_dir():
+            raise UsageError(f"--tokenizer {p} is a file ({what})")
+        if not any((p / n).is_file() for n in _TOKENIZER_FILES):
+            raise UsageError(f"--tokenizer {p}: no tokenizer files in this directory ({what})")
+    if args.resume not in (None, "auto") and not Path(args.resume).is_dir():
+        raise UsageError(f"--resume {args.resume}: no such checkpoint directory (expected a checkpoint-N "
+                         "directory, or --resume alone for the last complete one in --output-dir)")
+    train_files = data_files(args.data, "--data") if args.data else None
+    eval_files = data_files(args.eval_data, "--eval-data") if args.eval_data else None
+    return train_files, eval_files
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -238,19 +337,13 @@ def _make_trainer_class():
         min_lr_ratio: float = 0.1
         _mark: tuple | None = None     # (time, step, paused seconds) at the first logged step
         _pause: float = 0.0            # seconds spent in evaluation and checkpointing
+        _save_mark: tuple | None = None  # (time, _pause) at the end of a step that saves a checkpoint
         steady_tokens_per_s: float | None = None
 
         def evaluate(self, *a, **kw):
             t = time.time()
             try:
                 return super().evaluate(*a, **kw)
-            finally:
-                self._pause += time.time() - t
-
-        def _save_checkpoint(self, *a, **kw):
-            t = time.time()
-            try:
-                return super()._save_checkpoint(*a, **kw)
             finally:
                 self._pause += time.time() - t
 
@@ -314,6 +407,41 @@ def _clock_callback(trainer_ref, clock: TrainClock):
     return Clock()
 
 
+def _checkpoint_callback(trainer_ref, out_dir: Path, run_id: str, save_total_limit: int):
+    """Marks each checkpoint incomplete before the Trainer writes it and complete once it is written (a
+    checkpoint cut short by a kill is never resumed from), keeps the last ``save_total_limit`` of this run's
+    checkpoints (never another run's), and counts checkpoint time as a pause in the tokens/s figure.
+    Registered after the clock callback, whose time budget may ask for a save at on_step_end."""
+    from transformers import TrainerCallback
+
+    from linattn_models.cli import rundir
+
+    class Checkpoints(TrainerCallback):
+        def _before_save(self, state, control):
+            if control.should_save:
+                trainer_ref._save_mark = (time.time(), trainer_ref._pause)
+                if state.is_world_process_zero:
+                    rundir.begin_checkpoint(out_dir / f"checkpoint-{state.global_step}", run_id, state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            self._before_save(state, control)
+
+        def on_epoch_end(self, args, state, control, **kw):
+            self._before_save(state, control)
+
+        def on_save(self, args, state, control, **kw):
+            trainer_ref.accelerator.wait_for_everyone()  # every process has written its part
+            if state.is_world_process_zero:
+                rundir.finish_checkpoint(out_dir / f"checkpoint-{state.global_step}", run_id, state.global_step)
+                rundir.rotate_checkpoints(out_dir, run_id, save_total_limit, state.global_step)
+            if trainer_ref._save_mark is not None:  # the time since the step ended, less evaluation
+                t, p = trainer_ref._save_mark
+                trainer_ref._pause += max(0.0, time.time() - t - (trainer_ref._pause - p))
+                trainer_ref._save_mark = None
+
+    return Checkpoints()
+
+
 def _checkpointing_kwargs(training_args_cls, enable: bool) -> dict:
     """transformers 5.24 calls it activation_checkpointing; older 5.x gradient_checkpointing."""
     if not enable:
@@ -324,10 +452,32 @@ def _checkpointing_kwargs(training_args_cls, enable: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
 
 
+def config_fields(config) -> tuple[set[str], list[str]]:
+    """The names ``--set`` accepts for this config (its fields, aliases and constructor arguments), and
+    the user-facing ones to show (those in its config.json, and aliases)."""
+    import inspect
+
+    cls = type(config)
+    aliases = set(getattr(cls, "attribute_map", None) or {})
+    shown = {k for k in config.to_dict() if not k.startswith("_")} - {"transformers_version", "model_type"}
+    valid = shown | aliases | set(getattr(cls, "__dataclass_fields__", {}))
+    try:
+        valid |= {n for n, p in inspect.signature(cls.__init__).parameters.items()
+                  if n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    except (TypeError, ValueError):
+        pass
+    return valid, sorted(shown | aliases)
+
+
 def build_config(cfg_src: str, overrides: list[str]):
     """Load a config (JSON file or checkpoint dir) with ``KEY=VALUE`` overrides applied at construction,
-    so that fields derived from others (layer_types, head dims, intermediate size) are derived again."""
+    so that fields derived from others (layer_types, head dims, intermediate size) are derived again.
+    A key that is not a field of the config raises UsageError naming it (and the fields there are)."""
+    import difflib
+
     from transformers import AutoConfig
+
+    from linattn_models.cli import UsageError
 
     base = AutoConfig.from_pretrained(cfg_src)
     if not overrides:
@@ -335,11 +485,18 @@ def build_config(cfg_src: str, overrides: list[str]):
     with open(Path(cfg_src) / "config.json" if Path(cfg_src).is_dir() else cfg_src, encoding="utf-8") as f:
         d = json.load(f)
     upd = {}
+    valid, shown = config_fields(base)
     for kv in overrides:
         k, sep, v = kv.partition("=")
+        k = k.strip()
         if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {kv!r}")
-        upd[k.strip()] = _parse_value(v)
+            raise UsageError(f"--set expects KEY=VALUE, got {kv!r}")
+        if k not in valid:
+            close = difflib.get_close_matches(k, shown, n=1)
+            raise UsageError(f"--set {kv}: {base.model_type} has no config field {k!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; its fields: {', '.join(shown)}")
+        upd[k] = _parse_value(v)
     # Fields whose class default is None are derived from others in __post_init__ (layer_types, head dims,
     # intermediate size): drop the stored values so that they are derived again from the new ones.
     fields = getattr(type(base), "__dataclass_fields__", {})
@@ -354,8 +511,22 @@ def build_config(cfg_src: str, overrides: list[str]):
 
 
 def main(argv=None) -> dict:
+    """Run the training script on ``argv`` (default ``sys.argv[1:]``); returns the results dict. Bad
+    input exits (SystemExit, status 2) with one line ``linattn-train: error: ...`` on stderr, like argparse."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    from linattn_models.cli import UsageError
+
+    with contextlib.ExitStack() as stack:  # holds the output dir's lock until main returns or raises
+        try:
+            return _run(args, argv, stack)
+        except UsageError as e:
+            ap.exit(2, f"{ap.prog}: error: {e}\n")
+
+
+def _run(args, argv: list[str], stack: contextlib.ExitStack) -> dict:
+    train_files, eval_files = validate_args(args)
     args.arch_given = any(a == "--arch" or a.startswith("--arch=") for a in argv)
     args.size_given = any(a == "--size" or a.startswith("--size=") for a in argv)
     t_start = time.time()
@@ -363,9 +534,9 @@ def main(argv=None) -> dict:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, TrainingArguments, default_data_collator, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     import linattn_models  # noqa: F401  (registers the model types)
+    from linattn_models.cli import UsageError, rundir
     from linattn_models.cli.data import load_local_dataset, pack_dataset, stdlib_datasets
     from linattn_models.tokenizer import load_tokenizer
 
@@ -378,6 +549,10 @@ def main(argv=None) -> dict:
     def say(*a):
         if is_main:
             print(*a, flush=True)
+
+    def warn(msg):
+        if is_main:
+            print(f"linattn-train: warning: {msg}", file=sys.stderr, flush=True)
 
     # ---- tokenizer ------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(args.tokenizer)
@@ -407,22 +582,37 @@ def main(argv=None) -> dict:
     config = build_config(cfg_src, overrides)
     if getattr(config, "vocab_size", None) != len(tokenizer):
         if args.init_from:
-            raise SystemExit(f"tokenizer has {len(tokenizer)} tokens but {args.init_from} has vocab_size "
-                             f"{config.vocab_size}; pass the checkpoint's tokenizer with --tokenizer")
+            raise UsageError(f"--init-from {args.init_from} has vocab_size {config.vocab_size} but the tokenizer "
+                             f"has {len(tokenizer)} tokens; pass the checkpoint's tokenizer with --tokenizer")
         config.vocab_size = len(tokenizer)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(config, name, getattr(tokenizer, name))
 
+    # ---- output dir: one writer (a lock), no other run's files replaced, resume from a complete checkpoint
+    # (decided here, before the data is loaded; carried out just before training starts)
+    run_id, resume, apply_output_dir = None, None, (lambda: None)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(rundir.OutputDirLock(out_dir, warn))
+        run_id, resume, apply_output_dir = rundir.prepare_output_dir(
+            out_dir, overwrite=args.overwrite, resume=args.resume, default_job=default_job, say=say, warn=warn,
+            argv=argv)
+    elif args.resume:  # the other processes of a distributed run resume from the same checkpoint
+        resume = (rundir.last_complete_checkpoint(out_dir, lambda m: None) if args.resume == "auto"
+                  else Path(args.resume))
+    if resume is not None:
+        say(f"resuming from {resume}")
+
     # ---- data -----------------------------------------------------------------------------------------
     data_t0 = time.time()
     if args.data:
-        raw_train = load_local_dataset(args.data, args.text_field, args.sample_by)
+        raw_train = load_local_dataset(train_files, args.text_field, args.sample_by, "--data")
         if args.eval_data:
-            raw_eval = load_local_dataset(args.eval_data, args.text_field, args.sample_by)
+            raw_eval = load_local_dataset(eval_files, args.text_field, args.sample_by, "--eval-data")
         else:
             if len(raw_train) < 2:
-                raise SystemExit("need at least 2 documents to hold out an eval split; pass --eval-data "
-                                 "or use --sample-by line/paragraph")
+                raise UsageError(f"--data has {len(raw_train)} document(s), need at least 2 to hold out an eval "
+                                 "split: pass --eval-data, or --sample-by line/paragraph")
             split = raw_train.train_test_split(test_size=args.eval_fraction, seed=args.seed)
             raw_train, raw_eval = split["train"], split["test"]
         data_desc = f"local files {args.data}"
@@ -435,7 +625,7 @@ def main(argv=None) -> dict:
     train_ds = pack_dataset(raw_train, tokenizer, args.block_size, args.num_proc, "train")
     eval_ds = pack_dataset(raw_eval, tokenizer, args.block_size, args.num_proc, "eval")
     if len(eval_ds) == 0 or len(train_ds) == 0:
-        raise SystemExit(f"not enough text for one block of {args.block_size} tokens "
+        raise UsageError(f"--block-size {args.block_size}: not enough text for one block of that many tokens "
                          f"(train blocks {len(train_ds)}, eval blocks {len(eval_ds)}); lower --block-size")
     if args.max_eval_blocks and len(eval_ds) > args.max_eval_blocks:
         # an evenly spread subset, the same one at every evaluation
@@ -485,7 +675,7 @@ def main(argv=None) -> dict:
         eval_steps=args.eval_steps,
         save_strategy="steps",
         save_steps=args.save_steps,
-        save_total_limit=args.save_total_limit,
+        save_total_limit=None,  # the Checkpoints callback rotates, this run's checkpoints only
         logging_steps=args.logging_steps,
         logging_first_step=True,
         bf16=precision == "bf16",
@@ -510,14 +700,7 @@ def main(argv=None) -> dict:
     trainer.clock = TrainClock(max_time)
     trainer.min_lr_ratio = args.min_lr_ratio
     trainer.add_callback(_clock_callback(trainer, trainer.clock))
-
-    resume = None
-    if args.resume:
-        resume = get_last_checkpoint(str(out_dir)) if args.resume == "auto" else args.resume
-        if resume is None:
-            say(f"--resume: no checkpoint in {out_dir}, starting fresh")
-        else:
-            say(f"resuming from {resume}")
+    trainer.add_callback(_checkpoint_callback(trainer, out_dir, run_id, args.save_total_limit))
     say(f"training: {targs.max_steps if targs.max_steps > 0 else '-'} steps"
         f"{f' or {max_time:.0f}s' if max_time else ''}, global batch "
         f"{trainer.tokens_per_step // args.block_size} x {args.block_size} tokens, {precision}, "
@@ -525,8 +708,9 @@ def main(argv=None) -> dict:
     if max_time:
         say(f"  (training ends after {max_time:.0f}s or {targs.max_steps} steps, whichever comes first: "
             "the progress bar's total is the step limit)")
+    apply_output_dir()
     train_t0 = time.time()
-    train_out = trainer.train(resume_from_checkpoint=resume)
+    train_out = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     train_time = time.time() - train_t0
 
     last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]

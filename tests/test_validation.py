@@ -79,3 +79,77 @@ def test_noncontiguous_views_work():
     o1, _ = ops.gated_linear_attention(qt, k, v, g)
     o2, _ = ops.gated_linear_attention(qt.contiguous(), k, v, g)
     assert torch.allclose(o1, o2)
+
+
+@pytest.mark.parametrize("op", ["gated_linear_attention", "simple_gla"])
+def test_missing_gate_is_an_error(op):
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match=r"g \(the log decays.*is required, got None"):
+        getattr(ops, op)(q, k, v, None)
+
+
+def test_float32_state_for_float64_inputs():
+    """The documented contract: states are float32. float64 inputs take one too, and compute in float64."""
+    q, k, v, g = (t.double() for t in inputs())
+    h0 = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    o64, s64 = ops.gated_linear_attention(q, k, v, g, initial_state=h0, output_final_state=True)
+    o32, s32 = ops.gated_linear_attention(q, k, v, g, initial_state=h0.float(), output_final_state=True)
+    assert o32.dtype == s32.dtype == torch.float64
+    ref_o, ref_s = ops.gated_linear_attention(q, k, v, g, initial_state=h0.float().double(), output_final_state=True)
+    assert torch.equal(o32, ref_o) and torch.equal(s32, ref_s)
+    assert (o32 - o64).abs().max() < 1e-5
+    with pytest.raises(TypeError, match="initial_state must be float32"):
+        ops.gated_linear_attention(q.float(), k.float(), v.float(), g.float(), initial_state=h0.half())
+
+
+def _triton_ops_to_second_order():
+    """(name, fn(x) -> output) for every custom autograd op whose backward runs kernels."""
+    from linattn_models.ops import fused
+    from linattn_models.models.common.modeling_common import causal_lm_loss  # noqa: F401 (the loss path)
+
+    def att(name):
+        def f(x):
+            B, T, H, K = x.shape
+            g = -torch.rand(B, T, H, K, device=x.device)
+            return {"linear": lambda: ops.linear_attention(x, x * 2, x, backend="triton")[0],
+                    "retention": lambda: ops.retention(x, x * 2, x, backend="triton")[0],
+                    "simple_gla": lambda: ops.simple_gla(x, x * 2, x, g[..., 0], backend="triton")[0],
+                    "gla": lambda: ops.gated_linear_attention(x, x * 2, x, g, backend="triton")[0]}[name]()
+        return f
+    yield from ((n, att(n)) for n in ("linear", "retention", "simple_gla", "gla"))
+    yield "rms_norm", lambda x: fused.rms_norm(x, None, 1e-6, gate=x * 2, backend="triton")
+    yield "swiglu", lambda x: fused.swiglu(x, x * 2, backend="triton")
+    pos = lambda x: torch.arange(x.shape[1], device=x.device).expand(x.shape[:2])  # noqa: E731
+    inv = lambda x: torch.ones(x.shape[-1] // 2, device=x.device)  # noqa: E731
+    yield "rotary", lambda x: fused.rotary(x, x * 2, pos(x), inv(x), backend="triton")[0]
+    yield "normalize_linear_attention", lambda x: ops.normalize_linear_attention(
+        x, x.abs(), x.abs(), 0.5, backend="triton")[0]
+    yield "cross_entropy_sum", lambda x: fused.cross_entropy_sum(x.reshape(-1, x.shape[-1]),
+                                                                 torch.zeros(x[..., 0].numel(), dtype=torch.long))
+
+
+@pytest.mark.parametrize("name,fn", list(_triton_ops_to_second_order()))
+def test_double_backward_is_refused_not_silently_dropped(name, fn):
+    """create_graph=True through a kernel-backed backward used to return a gradient with no graph (a gradient
+    penalty silently dropped); now it is an error naming the op."""
+    from devices import DEVICE
+    x = torch.randn(1, 12, 2, 8, device=DEVICE, requires_grad=True)
+    (gx,) = torch.autograd.grad(fn(x).square().sum(), x)  # first order still works
+    assert torch.isfinite(gx).all()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(fn(x).square().sum(), x, create_graph=True)
+
+
+def test_recompute_supports_double_backward():
+    """linear_recomputing_input under create_graph=True: second-order gradients equal the plain linear(fn(x))."""
+    from linattn_models.modules import linear_recomputing_input
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 5, bias=False).double()
+    x, u = torch.randn(4, 6, dtype=torch.float64, requires_grad=True), torch.randn(4, 6, dtype=torch.float64)
+    fn = lambda a, b: torch.tanh(a) * b  # noqa: E731
+    res = []
+    for y in (linear_recomputing_input(lin, fn, x, u), lin(fn(x, u))):
+        gx, gw = torch.autograd.grad(y.square().sum(), (x, lin.weight), create_graph=True)
+        res.append(torch.autograd.grad(gx.square().sum() + gw.sin().sum(), (x, lin.weight)))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+
 class _LinearRecompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, weight, *inputs):
@@ -24,6 +25,8 @@ class _LinearRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         weight, *inputs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain computation, graph and all
+            return _double_differentiable_backward(ctx, dy, weight, inputs)
         leaves = [x.detach().requires_grad_(ctx.needs_input_grad[2 + i]) if x is not None else None
                   for i, x in enumerate(inputs)]
         with torch.enable_grad():
@@ -41,6 +44,19 @@ class _LinearRecompute(torch.autograd.Function):
         need = [x for x in leaves if x is not None and x.requires_grad]
         grads = iter(torch.autograd.grad(a, need, da.to(a.dtype)) if need else ())
         return (None, dw) + tuple(next(grads) if x is not None and x.requires_grad else None for x in leaves)
+
+
+def _double_differentiable_backward(ctx, dy, weight, inputs):
+    """The backward as ordinary autograd ops (fn recomputed with its graph), so a gradient penalty through the
+    layer keeps its second-order terms; costs fn's output kept, which create_graph keeps anyway."""
+    need = [i for i, x in enumerate([weight, *inputs]) if x is not None and ctx.needs_input_grad[1 + i]]
+    a = ctx.fn(*inputs)
+    w = weight.to(ctx.cast) if ctx.cast is not None else weight
+    y = F.linear(a.to(ctx.cast) if ctx.cast is not None else a, w)
+    wrt = [[weight, *inputs][i] for i in need]
+    got = iter(torch.autograd.grad(y, wrt, dy.to(y.dtype), create_graph=True, allow_unused=True) if wrt else ())
+    out = [next(got) if i in need else None for i in range(1 + len(inputs))]
+    return (None,) + tuple(out)
 
 
 def linear_recomputing_input(linear, fn, *inputs):

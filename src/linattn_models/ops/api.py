@@ -74,6 +74,8 @@ def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens,
                                        in_place=getattr(_in_place, "on", False))
     if gate == "head":
         g = g.view(1, 1, -1).expand(q.shape[:3])
+    if initial_state is not None:  # a float32 state for float64 inputs: the recurrence runs in float64
+        initial_state = initial_state.to(compute_dtype(q))
     return run_torch(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, mode)
 
 

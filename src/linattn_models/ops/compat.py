@@ -33,7 +33,8 @@ def _scalar_or_gamma(q, k, v, g, g_gamma, scale, initial_state, output_final_sta
     """g: [B, T, H] per-token decays, or g_gamma: [H] constant per-head decays, or neither."""
     if g is not None and g_gamma is not None:
         raise ValueError("pass either g ([B, T, H]) or g_gamma ([H]), not both")
-    check_inputs(q, k, v, g, 3, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale)
+    check_inputs(q, k, v, g, None if g is None else 3, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                 scale=scale)  # fla's simple GLA takes no gate at all too
     if g_gamma is None:
         gate = "none" if g is None else "scalar"
     else:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .dispatch import resolve_backend, triton_ops
 from .reference import compute_dtype
+from .validate import refuse_double_backward
 
 
 def _use_triton(x, backend):
@@ -137,6 +138,8 @@ class _CrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dtotal):
+        refuse_double_backward("cross_entropy_sum (the models' loss; its gradient is made in the forward)",
+                               "compute the loss from the logits with torch.nn.functional.cross_entropy instead")
         (grad,) = ctx.saved_tensors
         # scaled in float32 block by block: casting dtotal (e.g. 1/tokens) to bf16 first would scale every
         # gradient by the same rounded factor (up to 0.4% off); a whole float32 copy would cost the memory saved

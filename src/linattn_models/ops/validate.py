@@ -17,6 +17,16 @@ def values_checked(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" or os.environ.get("LINATTN_CHECK_VALUES", "0") == "1"
 
 
+def refuse_double_backward(op, instead):
+    """Call first in a custom autograd backward whose own computation autograd cannot see (Triton kernels, or
+    values made in the forward). With create_graph=True (a gradient penalty, Hessian-vector products) that backward
+    would return gradients with no graph, so the second-order terms would silently be zero: refuse instead.
+    Grad mode is on inside a backward exactly when create_graph=True."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{op}: double backward (create_graph=True) is not supported, its gradient would "
+                           f"silently miss the second-order terms; {instead}")
+
+
 def _check_tensor(name, t, ndim):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -30,7 +40,7 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
     """Validate the common op arguments; returns N, the number of sequences (B, or len(cu_seqlens) - 1).
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] (g_ndim=3) or [B, T, H, K] (g_ndim=4);
-    initial_state: [N, H, K, V] float32 (float64 when q is float64); cu_seqlens: int [N+1], needs B == 1.
+    initial_state: [N, H, K, V] float32 (or float64 when q is float64); cu_seqlens: int [N+1], needs B == 1.
     """
     _check_tensor("q", q, 4)
     _check_tensor("k", k, 4)
@@ -45,6 +55,9 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     tensors = {"q": q, "k": k, "v": v}
+    if g is None and g_ndim is not None:
+        raise ValueError(f"g (the log decays, [B, T, H{'' if g_ndim == 3 else ', K'}]) is required, got None; "
+                         "for no decay use linear_attention")
     if g is not None:
         _check_tensor("g", g, g_ndim)
         want = (B, T, H) if g_ndim == 3 else (B, T, H, K)
@@ -70,10 +83,10 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
         want = (N, H, K, v.shape[3])
         if tuple(initial_state.shape) != want:
             raise ValueError(f"initial_state must have shape [N, H, K, V] = {want}, got {tuple(initial_state.shape)}")
-        want_dtype = compute_dtype(q)
-        if initial_state.dtype != want_dtype:
-            raise TypeError(f"initial_state must be {want_dtype} (states are kept in fp32, fp64 for fp64 inputs), "
-                            f"got {initial_state.dtype}")
+        allowed = {torch.float32, compute_dtype(q)}  # float64 inputs compute in float64 from a float32 state too
+        if initial_state.dtype not in allowed:
+            raise TypeError(f"initial_state must be float32 (states are kept in fp32; float64 also for float64 "
+                            f"inputs), got {initial_state.dtype}")
         tensors["initial_state"] = initial_state
     devices = {n: t.device for n, t in tensors.items()}
     if len(set(devices.values())) > 1:

@@ -37,6 +37,7 @@ import triton
 from .chunk_bwd import chunk_dqk_kernel, chunk_dv_kernel, chunk_vector_dA_kernel, chunk_vector_intra_bwd_kernel
 from .chunk_fwd import chunk_onepass_kernel, chunk_out_kernel, chunk_vector_A_kernel
 from .common import GATE_KINDS, GATE_SCALAR, GATE_VECTOR, gate_grad_kernel, local_cumsum_kernel
+from ..validate import refuse_double_backward
 from .recurrent import recurrent_kernel
 from .states import chunk_state_kernel
 
@@ -375,6 +376,7 @@ class _GatedLinearAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dht):
+        refuse_double_backward("the linear-attention ops on the Triton backend", "use backend='torch' for them")
         q, k, v, g, h0, cu_seqlens, A = ctx.saved_tensors
         p = _Problem(q, k, v, g, ctx.gate, ctx.scale, cu_seqlens)
         if do is None:

@@ -10,7 +10,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..validate import refuse_double_backward
 from . import _new, _np2
+
+_FUSED_INSTEAD = "set LINATTN_FUSED=0 (torch's ops) or use backend='torch'"
 
 _ROWS = 16          # rows per program in the norm kernels
 _BLOCK = 2048       # elements per program in the elementwise kernels
@@ -102,6 +105,7 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        refuse_double_backward("rms_norm (fused Triton kernel)", _FUSED_INSTEAD)
         x2, g2, weight, rstd = ctx.saved_tensors
         N, D = x2.shape
         dy = dy.contiguous().view(N, D)
@@ -169,6 +173,7 @@ class _Rotary(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dq, dk):
+        refuse_double_backward("rotary (fused Triton kernel)", _FUSED_INSTEAD)
         cos_t, sin_t = ctx.saved_tensors
         dq, dk = _rotate(dq, dk, cos_t, sin_t, -1.0)
         return dq, dk, None, None
@@ -213,6 +218,7 @@ class _SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        refuse_double_backward("swiglu (fused Triton kernel)", _FUSED_INSTEAD)
         g, u = ctx.saved_tensors
         dy = dy.contiguous()
         dg, du = _new(g.shape, g.dtype, g.device), _new(u.shape, u.dtype, u.device)

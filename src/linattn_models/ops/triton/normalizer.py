@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..validate import refuse_double_backward
 from . import _dummy, _new, _np2
 
 
@@ -109,6 +110,7 @@ class _Normalizer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dden, dzT):
+        refuse_double_backward("normalize_linear_attention on the Triton backend", "use backend='torch'")
         q, k, z0c, cu = ctx.saved_tensors
         B, T, H, K, N, BK, BT = _launch_shape(q, cu)
         dq, dk = _new(q.shape, q.dtype, q.device), _new(k.shape, k.dtype, k.device)

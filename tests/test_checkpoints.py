@@ -103,3 +103,39 @@ def test_learnable_feature_maps_round_trip(tmp_path, feature_map, tie):
         with open(tmp_path / "config.json", "w") as f:
             json.dump(saved, f)
         assert AutoModelForCausalLM.from_pretrained(tmp_path).config.tie_feature_map_qk is True
+
+
+@pytest.mark.parametrize("override", [dict(num_heads=2), dict(hidden_size=96), dict(num_heads=2, hidden_size=96),
+                                      dict(num_attention_heads=8)])
+def test_config_overrides_rederive_sizes(checkpoint, override):
+    """from_pretrained's kwargs are set after __init__: the head dims derived from hidden_size / num_heads must
+    follow them (they were saved in config.json), so the projections are built at the new sizes."""
+    d, _ = checkpoint
+    cfg = AutoConfig.from_pretrained(d, **override)
+    D, H = cfg.hidden_size, cfg.num_heads
+    assert (D, H) == (override.get("hidden_size", 64), override.get("num_heads", override.get("num_attention_heads", 4)))
+    K, V = int(D * cfg.expand_k), int(D * cfg.expand_v)
+    assert (cfg.head_k_dim, cfg.head_v_dim) == (K // H, V // H)
+    attn = AutoModelForCausalLM.from_config(cfg).eval().model.layers[0].attn
+    assert (attn.num_heads, attn.head_k_dim, attn.head_v_dim) == (H, K // H, V // H)
+    assert attn.q_proj.weight.shape == (K, D) and attn.o_proj.weight.shape == (D, V)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    assert model(torch.randint(0, cfg.vocab_size, (2, 7))).logits.shape == (2, 7, cfg.vocab_size)
+    saved = AutoConfig.from_pretrained(d)  # an explicit head dim (not the derived one) is kept
+    explicit = type(saved)(**dict(saved.to_dict(), head_k_dim=4))
+    explicit.num_heads = 2
+    assert explicit.head_k_dim == 4 and explicit.head_v_dim == int(64 * saved.expand_v) // 2
+
+
+def test_invalid_config_overrides_are_refused(checkpoint):
+    d, _ = checkpoint
+    with pytest.raises(ValueError, match="num_heads = 3 must divide hidden_size = 64"):
+        AutoConfig.from_pretrained(d, num_heads=3)
+    with pytest.raises(ValueError, match="hidden_size must be a positive integer, got 0"):
+        AutoConfig.from_pretrained(d, hidden_size=0)
+    with pytest.raises(ValueError, match="num_hidden_layers must be an integer >= 1"):
+        AutoModelForCausalLM.from_pretrained(d, num_hidden_layers=0)
+    cfg = AutoConfig.from_pretrained(d)
+    cfg.num_heads = 5  # set after the config was made: the model checks again
+    with pytest.raises(ValueError, match="num_heads = 5 must divide hidden_size = 64"):
+        AutoModelForCausalLM.from_config(cfg)

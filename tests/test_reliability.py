@@ -37,6 +37,28 @@ def test_bad_model_inputs(model):
     assert model(input_ids=x[:, :1]).logits.shape == (2, 1, V)  # T=1 works
 
 
+@pytest.mark.parametrize("arch", ["linear_transformer", "retnet", "gla"])
+@pytest.mark.parametrize("field,value,match", [
+    ("hidden_size", 0, "hidden_size must be a positive integer, got 0"),
+    ("hidden_size", -64, "hidden_size must be a positive integer, got -64"),
+    ("num_hidden_layers", 0, r"num_hidden_layers must be an integer >= 1, got 0"),
+    ("num_heads", 3, "num_heads = 3 must divide hidden_size = 64"),
+    ("num_heads", 0, "num_heads must be a positive integer, got 0"),
+    ("vocab_size", 0, "vocab_size must be a positive integer, got 0"),
+    ("rms_norm_eps", 0.0, "rms_norm_eps must be a finite number > 0, got 0.0"),
+    ("rms_norm_eps", -1e-6, "rms_norm_eps must be a finite number > 0"),
+    ("intermediate_size", 0, "intermediate_size must be a positive integer, got 0"),
+    ("head_v_dim", -1, "head_v_dim must be a positive integer, got -1"),
+])
+def test_invalid_config_is_refused_when_made(arch, field, value, match):
+    config_cls = linattn_models.models.CONFIGS[arch]
+    base = dict(hidden_size=64, num_heads=4, num_hidden_layers=1, vocab_size=100)
+    with pytest.raises(ValueError, match=match):
+        config_cls(**dict(base, **{field: value}))
+    with pytest.raises(ValueError, match=match):  # the from_pretrained path: kwargs set after __init__
+        config_cls.from_dict(config_cls(**base).to_dict(), **{field: value})
+
+
 @pytest.mark.parametrize("name", ["q", "k", "v"])
 def test_nan_inputs_are_reported(name):
     x = {n: torch.randn(1, 20, 2, 8) for n in "qkv"}

@@ -159,6 +159,7 @@ class LinAttnModel(LinAttnPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
+        config.check_sizes()  # again: fields may have been set after the config was made
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)

@@ -113,7 +113,8 @@ def test_config_overrides_rederive_sizes(checkpoint, override):
     d, _ = checkpoint
     cfg = AutoConfig.from_pretrained(d, **override)
     D, H = cfg.hidden_size, cfg.num_heads
-    assert (D, H) == (override.get("hidden_size", 64), override.get("num_heads", override.get("num_attention_heads", 4)))
+    want_heads = override.get("num_heads", override.get("num_attention_heads", 4))
+    assert (D, H) == (override.get("hidden_size", 64), want_heads)
     K, V = int(D * cfg.expand_k), int(D * cfg.expand_v)
     assert (cfg.head_k_dim, cfg.head_v_dim) == (K // H, V // H)
     attn = AutoModelForCausalLM.from_config(cfg).eval().model.layers[0].attn

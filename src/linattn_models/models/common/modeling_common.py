@@ -65,6 +65,33 @@ def _check_input_ids(input_ids, vocab_size):
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
 
 
+def _check_attention_mask(attention_mask, source, shape):
+    """A 2-D padding mask with the input's batch size (a mask of another batch would pack the wrong rows)."""
+    if not torch.is_tensor(attention_mask):
+        raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
+    if attention_mask.ndim == 2 and attention_mask.shape[0] != shape[0]:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but {source} has shape "
+                         f"{tuple(shape)}: the mask must be [batch, seq] with batch {shape[0]}")
+
+
+def _check_labels(labels, source, shape, vocab_size, ignore_index=-100, name="labels"):
+    """[batch, seq] ids as the input, in [0, vocab_size) or ignore_index. A [T, B] tensor has as many elements
+    and would give a wrong loss silently. The range check syncs, so it runs where values_checked says (as for
+    input_ids)."""
+    if not torch.is_tensor(labels) or labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64/int32 tensor, got "
+                        f"{labels.dtype if torch.is_tensor(labels) else type(labels).__name__}")
+    if tuple(labels.shape) != tuple(shape[:2]):
+        raise ValueError(f"{name} has shape {tuple(labels.shape)} but {source} has shape {tuple(shape)}: {name} "
+                         f"must be [batch, seq] = {tuple(shape[:2])}")
+    if labels.numel() and values_checked(labels):
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
+        if bool(bad.any()):
+            values = labels[bad]
+            raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}) or be ignore_index={ignore_index}, "
+                             f"got values in [{values.min().item()}, {values.max().item()}]")
+
+
 class LinAttnDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: x + mixer(norm(x)), then h + MLP(norm(h))."""
 
@@ -190,6 +217,9 @@ class LinAttnModel(LinAttnPreTrainedModel):
         B, T = inputs_embeds.shape[:2]
         if B == 0 or T == 0:
             raise ValueError(f"the input holds no tokens (batch {B}, length {T})")
+        if attention_mask is not None:
+            source = "input_ids" if input_ids is not None else "inputs_embeds"
+            _check_attention_mask(attention_mask, source, (input_ids if input_ids is not None else inputs_embeds).shape)
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -202,6 +232,8 @@ class LinAttnModel(LinAttnPreTrainedModel):
             cache = None
         elif cache is None:
             cache = LinearAttentionCache(self.config)
+        else:
+            cache.check_batch_size(B)
 
         padding = Padding.from_mask(attention_mask, T)
         positions = self._positions(position_ids, cache, padding, B, T, inputs_embeds.device)
@@ -311,6 +343,13 @@ class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
         all) or an index tensor."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cache = resolve_cache(cache, past_key_values, cache_params)
+        given = input_ids if input_ids is not None else inputs_embeds
+        if labels is not None and torch.is_tensor(given):
+            source = "input_ids" if input_ids is not None else "inputs_embeds"
+            for name, lab in (("labels", labels), ("shift_labels", kwargs.get("shift_labels"))):
+                if lab is not None:
+                    _check_labels(lab, source, given.shape, self.config.vocab_size, kwargs.get("ignore_index", -100),
+                                  name)
         if cache is not None and input_ids is not None and input_ids.is_cuda and ineligible(
                 self, input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                 labels=labels, output_hidden_states=output_hidden_states, attention_mask=attention_mask,

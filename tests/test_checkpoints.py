@@ -39,10 +39,63 @@ def test_mismatched_shape_is_named(checkpoint):
     name = next(k for k in sd if k.endswith("q_proj.weight"))
     _write(d, dict(sd, **{name: torch.zeros(3, 3)}))
     try:
-        with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        want = sd[name].shape
+        with pytest.raises(RuntimeError, match=rf"{name.replace('.', r'[.]')} \(checkpoint \(3, 3\), model "
+                                               rf"\({want[0]}, {want[1]}\)\).*ignore_mismatched_sizes=True"):
             AutoModelForCausalLM.from_pretrained(d)
+        # asked for: re-initialised at the model's shape
+        m = AutoModelForCausalLM.from_pretrained(d, ignore_mismatched_sizes=True)
+        assert m.get_parameter(name).shape == want
     finally:
         _write(d, sd)
+
+
+def test_tensors_of_another_architecture_are_named(tmp_path):
+    """A GLA checkpoint whose config.json says linattn_retnet: RetNet has every other tensor at the same shape, so
+    only GLA's gk_proj is left over; it must not be dropped silently."""
+    import json
+
+    cfg = AutoConfig.from_pretrained(linattn_models.configs_path("gla", "tiny"))
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
+    with open(tmp_path / "config.json") as f:
+        saved = json.load(f)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(dict(saved, model_type="linattn_retnet"), f)
+    for auto in (AutoModelForCausalLM, AutoModel, AutoModelForSequenceClassification):
+        with pytest.raises(ValueError, match=r"6 tensor\(s\) in the checkpoint in .* that RetNet\w+ does not have: "
+                                             r"model[.]layers[.]0[.]attn[.]gk_proj[.]0[.]weight, .*'linattn_retnet'"):
+            auto.from_pretrained(tmp_path)
+    # loaded with another architecture's class: the model type is checked before any tensor
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    with pytest.raises(ValueError, match="config.json has model_type 'linattn_gla', but RetNetConfig expects "
+                                         "model_type 'linattn_retnet'"):
+        linattn_models.RetNetForCausalLM.from_pretrained(tmp_path)
+    # left-over task heads stay allowed: an untied lm_head when the causal-LM checkpoint is loaded as a backbone
+    cfg.tie_word_embeddings = False
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path / "untied")
+    AutoModel.from_pretrained(tmp_path / "untied")
+
+
+def test_bad_paths_and_foreign_model_types(tmp_path):
+    missing = tmp_path / "no" / "such_dir"
+    for load in (linattn_models.GLAForCausalLM.from_pretrained, linattn_models.GLAConfig.from_pretrained):
+        with pytest.raises(FileNotFoundError, match=f"{missing} does not exist: from_pretrained expects a directory"):
+            load(missing)
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load(str(missing))
+    cfg = AutoConfig.from_pretrained(linattn_models.configs_path("gla", "tiny"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        linattn_models.GLAForCausalLM.from_pretrained(missing, config=cfg)
+    # a config.json of another library's model
+    (tmp_path / "bert").mkdir()
+    with open(tmp_path / "bert" / "config.json", "w") as f:
+        f.write('{"model_type": "bert", "hidden_size": 64, "num_attention_heads": 4, "vocab_size": 100}')
+    for load in (linattn_models.GLAForCausalLM.from_pretrained, linattn_models.GLAConfig.from_pretrained,
+                 linattn_models.LinearTransformerForSequenceClassification.from_pretrained):
+        with pytest.raises(ValueError, match=r"config.json has model_type 'bert', but \w+Config expects model_type "
+                                             r"'linattn_\w+' \(it is not a linattn_models checkpoint\)"):
+            load(tmp_path / "bert")
 
 
 def test_truncated_file(checkpoint):

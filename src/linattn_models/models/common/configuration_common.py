@@ -162,11 +162,28 @@ class LinAttnConfig(PreTrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """transformers' reader, refusing fla checkpoints (same architectures, other parameter names and
-        config fields): used by our config and model classes' from_pretrained."""
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        config fields) and other model types than this class's, and saying when a local path does not exist:
+        used by our config and model classes' from_pretrained."""
+        src = pretrained_model_name_or_path
+        check_checkpoint_path(src)
+        try:
+            config_dict, kwargs = super().get_config_dict(src, **kwargs)
+        except OSError as e:
+            if isinstance(src, (str, os.PathLike)) and not os.path.exists(src):
+                raise OSError(f"{os.fspath(src)} is not a local directory, and loading it as a Hub model id failed "
+                              f"({e})") from e
+            raise
         model_type = config_dict.get("model_type")
         if model_type in FLA_MODEL_TYPES:
-            raise ValueError(fla_checkpoint_message(model_type, pretrained_model_name_or_path))
+            raise ValueError(fla_checkpoint_message(model_type, src))
+        if model_type is not None and cls.class_prefix is not None and model_type != cls.model_type:
+            from .. import CONFIGS  # here: models/__init__.py imports this module
+            ours = {c.model_type: c for c in CONFIGS.values()}
+            hint = (f"it is a {ours[model_type].class_prefix} checkpoint: load it with "
+                    f"{ours[model_type].class_prefix}ForCausalLM or AutoModelForCausalLM" if model_type in ours
+                    else "it is not a linattn_models checkpoint")
+            raise ValueError(f"{src}: config.json has model_type {model_type!r}, but {cls.__name__} expects "
+                             f"model_type {cls.model_type!r} ({hint})")
         return config_dict, kwargs
 
     @classmethod
@@ -194,6 +211,19 @@ class LinAttnConfig(PreTrainedConfig):
         with open(os.path.join(save_directory, f"{SHIM_MODULE}.py"), "w", encoding="utf-8") as f:
             f.write(f"from linattn_models import {', '.join(names.values())}  # noqa: F401\n")
         return out
+
+
+def check_checkpoint_path(path):
+    """FileNotFoundError for a local-looking path that does not exist (absolute, ./ ../ ~, or with more than one
+    '/', so not a Hub id 'name' / 'org/name'), instead of transformers' 'Repo id must be in the form ...'."""
+    if not isinstance(path, (str, os.PathLike)):
+        return
+    p = os.fspath(path)
+    if isinstance(p, bytes) or os.path.exists(p):
+        return
+    if os.path.isabs(p) or p.startswith((".", "~")) or p.count("/") > 1 or "\\" in p:
+        raise FileNotFoundError(f"{p} does not exist: from_pretrained expects a directory written by "
+                                f"save_pretrained (or a Hub model id 'name' / 'org/name')")
 
 
 def _positive_int(x):

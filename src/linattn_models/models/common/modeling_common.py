@@ -26,7 +26,7 @@ from ...ops.fused import cross_entropy_sum
 from ...ops.validate import values_checked
 from .cache import LinearAttentionCache
 from .compat import CACHE_OUTPUT_NAME
-from .configuration_common import LinAttnConfig
+from .configuration_common import LinAttnConfig, check_checkpoint_path
 from .decode_graph import DecodeGraphs, ineligible
 
 logger = logging.get_logger(__name__)
@@ -120,26 +120,51 @@ class LinAttnPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' loader, made strict: a backbone tensor missing from the checkpoint is an error naming
-        it (transformers would re-initialise it at random and only log), a truncated file names the path.
-        Missing task heads (e.g. `score` when a causal-LM checkpoint is loaded for classification) stay allowed."""
+        """transformers' loader, made strict: a backbone tensor missing from the checkpoint, or one in it that the
+        model does not have (e.g. GLA's gk_proj in a checkpoint relabelled linattn_retnet), is an error naming it
+        (transformers would re-initialise / drop it and only log), as is one of another shape (unless
+        ignore_mismatched_sizes=True); a truncated file and a path that does not exist name the path.
+        Task heads missing or left over (e.g. `score` when a causal-LM checkpoint is loaded for classification,
+        `lm_head` when loaded as the base model) stay allowed."""
+        check_checkpoint_path(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
         try:
+            # mismatched sizes reported in `info`, so that the error below can name them
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                                  **kwargs)
+                                                  ignore_mismatched_sizes=True, **kwargs)
         except Exception as e:
             if type(e).__name__ == "SafetensorError":
                 raise OSError(f"the checkpoint in {pretrained_model_name_or_path} is truncated or corrupt "
                               f"(safetensors: {e})") from e
             raise
-        prefix = cls.base_model_prefix + "."
-        missing = sorted(k for k in info.get("missing_keys", ())
-                         if k.startswith(prefix) or not hasattr(model, cls.base_model_prefix))
+        src = pretrained_model_name_or_path
+        mismatched = sorted(info.get("mismatched_keys", ()))
+        if mismatched and not ignore_mismatched:
+            raise RuntimeError(f"{len(mismatched)} tensor(s) in the checkpoint in {src} have another shape than "
+                               f"the model's: " + ", ".join(f"{k} (checkpoint {tuple(a)}, model {tuple(b)})"
+                                                           for k, a, b in mismatched[:20])
+                               + (" ..." if len(mismatched) > 20 else "")
+                               + "; pass ignore_mismatched_sizes=True to re-initialise them")
+        problems = []
+        missing = model._backbone_keys(info.get("missing_keys", ()))
         if missing:
-            raise ValueError(f"{len(missing)} tensor(s) missing from the checkpoint in "
-                             f"{pretrained_model_name_or_path}: {', '.join(missing[:20])}"
-                             + (" ..." if len(missing) > 20 else ""))
+            problems.append(f"{len(missing)} tensor(s) missing from the checkpoint in {src}: {_names(missing)}")
+        unexpected = model._backbone_keys(info.get("unexpected_keys", ()))
+        if unexpected:
+            problems.append(f"{len(unexpected)} tensor(s) in the checkpoint in {src} that {cls.__name__} does not "
+                            f"have: {_names(unexpected)} (were they saved from another architecture than "
+                            f"config.json's model_type {model.config.model_type!r}?)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return (model, info) if want_info else model
+
+    def _backbone_keys(self, keys):
+        """The keys (model or checkpoint names) of backbone tensors; the rest are task heads."""
+        prefix = self.base_model_prefix
+        backbone = getattr(self, prefix, self)
+        children = {name for name, _ in backbone.named_children()}
+        return sorted(k for k in keys if k.split(".", 1)[0] in children | {prefix})
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
@@ -169,6 +194,10 @@ class LinAttnPreTrainedModel(PreTrainedModel):
             if isinstance(m, TokenMixer):
                 m.mode = mode
         self.config.attn_mode = mode
+
+
+def _names(keys, limit=20):
+    return ", ".join(keys[:limit]) + (" ..." if len(keys) > limit else "")
 
 
 def _output(cls, **fields):

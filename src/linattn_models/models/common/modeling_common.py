@@ -247,8 +247,8 @@ class LinAttnModel(LinAttnPreTrainedModel):
         if B == 0 or T == 0:
             raise ValueError(f"the input holds no tokens (batch {B}, length {T})")
         if attention_mask is not None:
-            source = "input_ids" if input_ids is not None else "inputs_embeds"
-            _check_attention_mask(attention_mask, source, (input_ids if input_ids is not None else inputs_embeds).shape)
+            source, given = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+            _check_attention_mask(attention_mask, source, given.shape)
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -372,9 +372,8 @@ class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
         all) or an index tensor."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cache = resolve_cache(cache, past_key_values, cache_params)
-        given = input_ids if input_ids is not None else inputs_embeds
+        source, given = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
         if labels is not None and torch.is_tensor(given):
-            source = "input_ids" if input_ids is not None else "inputs_embeds"
             for name, lab in (("labels", labels), ("shift_labels", kwargs.get("shift_labels"))):
                 if lab is not None:
                     _check_labels(lab, source, given.shape, self.config.vocab_size, kwargs.get("ignore_index", -100),

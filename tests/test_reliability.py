@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import linattn_models
 from devices import DEVICE
 from linattn_models import ops
+from linattn_models.models.common import CACHE_OUTPUT_NAME
 
 
 @pytest.fixture(scope="module", params=["linear_transformer", "retnet", "gla"])
@@ -15,6 +16,13 @@ def model(request):
     torch.manual_seed(0)
     cfg = AutoConfig.from_pretrained(linattn_models.configs_path(request.param, "tiny"))
     return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+def pads(batch, T=10):
+    """A [batch, T] mask with left padding in the first row."""
+    mask = torch.ones(batch, T, dtype=torch.long)
+    mask[0, :3] = 0
+    return mask
 
 
 def test_bad_model_inputs(model):
@@ -29,6 +37,27 @@ def test_bad_model_inputs(model):
         (dict(input_ids=x[:, :0]), ValueError, "no tokens"),
         (dict(input_ids=x, attention_mask=torch.ones(2, 9)), ValueError, "attention_mask"),
         (dict(input_ids=x, attention_mask=torch.ones(2, 10, 10)), ValueError, "attention_mask"),
+        # another batch size, with pads (which would pack the wrong rows) or without
+        (dict(input_ids=x, attention_mask=pads(1)), ValueError,
+         r"attention_mask has shape \(1, 10\) but input_ids has shape \(2, 10\)"),
+        (dict(input_ids=x, attention_mask=pads(3)), ValueError,
+         r"attention_mask has shape \(3, 10\) but input_ids has shape \(2, 10\)"),
+        (dict(input_ids=x, attention_mask=torch.ones(3, 10)), ValueError, r"attention_mask has shape \(3, 10\)"),
+        (dict(inputs_embeds=torch.randn(2, 10, model.config.hidden_size), attention_mask=pads(1)), ValueError,
+         r"attention_mask has shape \(1, 10\) but inputs_embeds has shape \(2, 10, 64\)"),
+        # labels: [T, B] has as many elements as [B, T]; ids past the vocabulary
+        (dict(input_ids=x[:, :6], labels=x[:, :6].T.contiguous()), ValueError,
+         r"labels has shape \(6, 2\) but input_ids has shape \(2, 6\): labels must be \[batch, seq\] = \(2, 6\)"),
+        (dict(input_ids=x, labels=x[:, :9]), ValueError, r"labels has shape \(2, 9\)"),
+        (dict(input_ids=x, labels=torch.where(x > 50, V, x)), ValueError,
+         rf"labels must lie in \[0, vocab_size={V}\) or be ignore_index=-100"),
+        (dict(input_ids=x, labels=torch.full((2, 10), -1)), ValueError, "labels must lie in"),
+        (dict(input_ids=x, labels=x.float()), TypeError, "labels must be an int64"),
+        # a cache of another batch size (from an earlier call)
+        (dict(input_ids=x, cache=model(input_ids=x[:1, :4], use_cache=True)[CACHE_OUTPUT_NAME]), ValueError,
+         "the cache holds states for batch size 1 but the input has batch size 2"),
+        (dict(input_ids=x[:, :1], cache=model(input_ids=torch.cat([x, x])[:3], use_cache=True)[CACHE_OUTPUT_NAME]),
+         ValueError, "the cache holds states for batch size 3 but the input has batch size 2"),
         (dict(inputs_embeds=torch.randn(2, 10, 3)), ValueError, "inputs_embeds must be"),
         (dict(input_ids=x, inputs_embeds=torch.randn(2, 10, model.config.hidden_size)), ValueError, "exactly one"),
     ]
@@ -36,6 +65,36 @@ def test_bad_model_inputs(model):
         with pytest.raises(exc, match=match):
             model(**kw)
     assert model(input_ids=x[:, :1]).logits.shape == (2, 1, V)  # T=1 works
+    # the valid forms still work: labels with ignored positions, a longer mask (generate's), a matching cache
+    labels = x.masked_fill(x > 50, -100)
+    assert torch.isfinite(model(input_ids=x, labels=labels).loss)
+    assert model(input_ids=x, attention_mask=torch.cat([torch.ones(2, 3), pads(2)], 1)).logits.shape == (2, 10, V)
+    cache = model(input_ids=x, use_cache=True)[CACHE_OUTPUT_NAME]
+    assert model(input_ids=x[:, :1], cache=cache).logits.shape == (2, 1, V)
+    with pytest.raises(ValueError, match="the cache holds states for batch size 2 but the input has batch size 1"):
+        model.generate(x[:1], cache=cache, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("arch", ["linear_transformer", "retnet", "gla"])
+@pytest.mark.parametrize("field,value,match", [
+    ("hidden_size", 0, "hidden_size must be a positive integer, got 0"),
+    ("hidden_size", -64, "hidden_size must be a positive integer, got -64"),
+    ("num_hidden_layers", 0, r"num_hidden_layers must be an integer >= 1, got 0"),
+    ("num_heads", 3, "num_heads = 3 must divide hidden_size = 64"),
+    ("num_heads", 0, "num_heads must be a positive integer, got 0"),
+    ("vocab_size", 0, "vocab_size must be a positive integer, got 0"),
+    ("rms_norm_eps", 0.0, "rms_norm_eps must be a finite number > 0, got 0.0"),
+    ("rms_norm_eps", -1e-6, "rms_norm_eps must be a finite number > 0"),
+    ("intermediate_size", 0, "intermediate_size must be a positive integer, got 0"),
+    ("head_v_dim", -1, "head_v_dim must be a positive integer, got -1"),
+])
+def test_invalid_config_is_refused_when_made(arch, field, value, match):
+    config_cls = linattn_models.models.CONFIGS[arch]
+    base = dict(hidden_size=64, num_heads=4, num_hidden_layers=1, vocab_size=100)
+    with pytest.raises(ValueError, match=match):
+        config_cls(**dict(base, **{field: value}))
+    with pytest.raises(ValueError, match=match):  # the from_pretrained path: kwargs set after __init__
+        config_cls.from_dict(config_cls(**base).to_dict(), **{field: value})
 
 
 @pytest.mark.parametrize("name", ["q", "k", "v"])

@@ -89,6 +89,14 @@ class LinearAttentionCache(Cache):
         else:
             self.positions = self.positions + real_tokens_per_row.to(self.positions.device)
 
+    def check_batch_size(self, batch_size):
+        """A cache from a call with another batch size (states [B, ...]) cannot continue this input."""
+        held = self.batch_size
+        if held != -1 and held != batch_size:
+            raise ValueError(f"the cache holds states for batch size {held} but the input has batch size "
+                             f"{batch_size}: pass a cache only with inputs of the batch it was built for "
+                             f"(or a new cache)")
+
     def nbytes(self):
         """Bytes held by all state tensors (independent of the sequence length)."""
         return sum(x.numel() * x.element_size() for layer in self.layers for x in layer.states.values())
@@ -146,6 +154,9 @@ class LinearAttentionCache(Cache):
     def batch_size(self):
         if self.positions is not None:
             return self.positions.shape[0]
+        for layer in self.layers:
+            for x in layer.states.values():
+                return x.shape[0]
         return -1
 
     @property

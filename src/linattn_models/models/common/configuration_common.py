@@ -2,9 +2,15 @@
 
 Each architecture subclasses `LinAttnConfig`, sets `model_type` and `mixer` and adds its mixer's fields.
 Head dims: `head_k_dim` / `head_v_dim`, or derived as hidden_size * expand_k (expand_v) / num_heads.
+Derived sizes (head dims, intermediate_size left None) are computed when read, so changing hidden_size or
+num_heads later (from_pretrained(..., num_heads=2), setattr) re-derives them; a value equal to its derivation
+counts as derived (configs saved before derived sizes were tracked write them out).
+Sizes are checked (`check_sizes`) when a config is made, after from_pretrained's overrides and when a model is
+built, each error naming the field.
 `save_pretrained` also writes `linattn_shim.py` next to config.json and an `auto_map` pointing to it, so
 `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` works without importing us first.
 """
+import math
 import os
 
 from transformers import PreTrainedConfig
@@ -13,6 +19,8 @@ SHIM_MODULE = "linattn_shim"
 ATTN_MODES = ("auto", "chunk", "recurrent")
 # flash-linear-attention's model types for the same architectures: their checkpoints need a conversion
 FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn")
+# sizes derived from others when None: stored as None and computed on read (see __getattribute__)
+DERIVED_SIZES = ("head_k_dim", "head_v_dim", "intermediate_size")
 
 
 def fla_checkpoint_message(model_type, path=None):
@@ -65,13 +73,13 @@ class LinAttnConfig(PreTrainedConfig):
     layer_types: list[str] | None = None
 
     def __post_init__(self, **kwargs):
-        if self.head_k_dim is None:
-            self.head_k_dim = _divide(int(self.hidden_size * self.expand_k), self.num_heads, "hidden_size * expand_k")
-        if self.head_v_dim is None:
-            self.head_v_dim = _divide(int(self.hidden_size * self.expand_v), self.num_heads, "hidden_size * expand_v")
-        if self.intermediate_size is None:
-            # SwiGLU with ~8/3 expansion, rounded up to a multiple of 256
-            self.intermediate_size = 256 * ((int(self.hidden_size * 8 / 3) + 255) // 256)
+        # first: it also sets extra kwargs, among them aliases such as num_attention_heads (-> num_heads)
+        super().__post_init__(**kwargs)
+        for name in DERIVED_SIZES:
+            value = self.__dict__.get(name)
+            if value is not None and value == self._derived_size(name, strict=False):
+                super().__setattr__(name, None)  # derived: follows later changes of hidden_size / num_heads
+        self.check_sizes()
         if self.layer_types is None or (set(self.layer_types) <= {"linear_attention"}
                                         and len(self.layer_types) != self.num_hidden_layers):
             # (re)derived, e.g. when num_hidden_layers is overridden while loading a saved config
@@ -81,7 +89,68 @@ class LinAttnConfig(PreTrainedConfig):
                              f"({self.num_hidden_layers}), got {self.layer_types}")
         if self.attn_mode not in ATTN_MODES:
             raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {self.attn_mode!r}")
-        super().__post_init__(**kwargs)
+
+    def __getattribute__(self, key):
+        value = super().__getattribute__(key)
+        if value is None and key in DERIVED_SIZES:
+            return self._derived_size(key)
+        return value
+
+    def _derived_size(self, name, strict=True):
+        """head_k_dim / head_v_dim / intermediate_size from the current fields (strict=False: None when they do
+        not give one)."""
+        hidden_size, num_heads = self.hidden_size, self.num_heads
+        if not (_positive_int(hidden_size) and _positive_int(num_heads)):
+            if strict:
+                self.check_sizes()
+            return None
+        if name == "intermediate_size":
+            # SwiGLU with ~8/3 expansion, rounded up to a multiple of 256
+            return 256 * ((int(hidden_size * 8 / 3) + 255) // 256)
+        expand = "expand_k" if name == "head_k_dim" else "expand_v"
+        width = int(hidden_size * getattr(self, expand))
+        if width <= 0 or width % num_heads:
+            if strict:
+                raise ValueError(f"{name}: hidden_size * {expand} = {width} is not divisible by num_heads = "
+                                 f"{num_heads}; set head_k_dim / head_v_dim")
+            return None
+        return width // num_heads
+
+    def check_sizes(self):
+        """ValueError naming the first field that cannot build a model."""
+        for name in ("vocab_size", "hidden_size", "num_heads"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not _positive_int(self.num_hidden_layers):
+            raise ValueError(f"num_hidden_layers must be an integer >= 1, got {self.num_hidden_layers!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads = {self.num_heads} must divide hidden_size = {self.hidden_size}")
+        for name in DERIVED_SIZES:
+            value = getattr(self, name)  # a derived one raises here when it does not divide
+            if not _positive_int(value):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        eps = self.rms_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"rms_norm_eps must be a finite number > 0, got {eps!r}")
+
+    def validate(self):
+        """transformers' checks (also run by save_pretrained) and check_sizes."""
+        super().validate()
+        self.check_sizes()
+
+    def to_dict(self):
+        out = super().to_dict()
+        for name in DERIVED_SIZES:  # written out for readers of config.json; read back as derived
+            if out.get(name) is None:
+                out[name] = self._derived_size(name, strict=False)
+        return out
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        out = super().from_dict(config_dict, **kwargs)
+        # from_pretrained's kwargs are set after __init__: check the result
+        (out[0] if isinstance(out, tuple) else out).check_sizes()
+        return out
 
     def __setattr__(self, key, value):
         super().__setattr__(key, value)
@@ -93,11 +162,28 @@ class LinAttnConfig(PreTrainedConfig):
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
         """transformers' reader, refusing fla checkpoints (same architectures, other parameter names and
-        config fields): used by our config and model classes' from_pretrained."""
-        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        config fields) and other model types than this class's, and saying when a local path does not exist:
+        used by our config and model classes' from_pretrained."""
+        src = pretrained_model_name_or_path
+        check_checkpoint_path(src)
+        try:
+            config_dict, kwargs = super().get_config_dict(src, **kwargs)
+        except OSError as e:
+            if isinstance(src, (str, os.PathLike)) and not os.path.exists(src):
+                raise OSError(f"{os.fspath(src)} is not a local directory, and loading it as a Hub model id failed "
+                              f"({e})") from e
+            raise
         model_type = config_dict.get("model_type")
         if model_type in FLA_MODEL_TYPES:
-            raise ValueError(fla_checkpoint_message(model_type, pretrained_model_name_or_path))
+            raise ValueError(fla_checkpoint_message(model_type, src))
+        if model_type is not None and cls.class_prefix is not None and model_type != cls.model_type:
+            from .. import CONFIGS  # here: models/__init__.py imports this module
+            ours = {c.model_type: c for c in CONFIGS.values()}
+            hint = (f"it is a {ours[model_type].class_prefix} checkpoint: load it with "
+                    f"{ours[model_type].class_prefix}ForCausalLM or AutoModelForCausalLM" if model_type in ours
+                    else "it is not a linattn_models checkpoint")
+            raise ValueError(f"{src}: config.json has model_type {model_type!r}, but {cls.__name__} expects "
+                             f"model_type {cls.model_type!r} ({hint})")
         return config_dict, kwargs
 
     @classmethod
@@ -127,7 +213,18 @@ class LinAttnConfig(PreTrainedConfig):
         return out
 
 
-def _divide(a, b, what):
-    if a % b:
-        raise ValueError(f"{what} = {a} is not divisible by num_heads = {b}; set head_k_dim / head_v_dim")
-    return a // b
+def check_checkpoint_path(path):
+    """FileNotFoundError for a local-looking path that does not exist (absolute, ./ ../ ~, or with more than one
+    '/', so not a Hub id 'name' / 'org/name'), instead of transformers' 'Repo id must be in the form ...'."""
+    if not isinstance(path, (str, os.PathLike)):
+        return
+    p = os.fspath(path)
+    if isinstance(p, bytes) or os.path.exists(p):
+        return
+    if os.path.isabs(p) or p.startswith((".", "~")) or p.count("/") > 1 or "\\" in p:
+        raise FileNotFoundError(f"{p} does not exist: from_pretrained expects a directory written by "
+                                f"save_pretrained (or a Hub model id 'name' / 'org/name')")
+
+
+def _positive_int(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0

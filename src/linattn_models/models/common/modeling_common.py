@@ -26,7 +26,7 @@ from ...ops.fused import cross_entropy_sum
 from ...ops.validate import values_checked
 from .cache import LinearAttentionCache
 from .compat import CACHE_OUTPUT_NAME
-from .configuration_common import LinAttnConfig
+from .configuration_common import LinAttnConfig, check_checkpoint_path
 from .decode_graph import DecodeGraphs, ineligible
 
 logger = logging.get_logger(__name__)
@@ -65,6 +65,33 @@ def _check_input_ids(input_ids, vocab_size):
             raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got values in [{lo}, {hi}]")
 
 
+def _check_attention_mask(attention_mask, source, shape):
+    """A 2-D padding mask with the input's batch size (a mask of another batch would pack the wrong rows)."""
+    if not torch.is_tensor(attention_mask):
+        raise TypeError(f"attention_mask must be a tensor, got {type(attention_mask).__name__}")
+    if attention_mask.ndim == 2 and attention_mask.shape[0] != shape[0]:
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but {source} has shape "
+                         f"{tuple(shape)}: the mask must be [batch, seq] with batch {shape[0]}")
+
+
+def _check_labels(labels, source, shape, vocab_size, ignore_index=-100, name="labels"):
+    """[batch, seq] ids as the input, in [0, vocab_size) or ignore_index. A [T, B] tensor has as many elements
+    and would give a wrong loss silently. The range check syncs, so it runs where values_checked says (as for
+    input_ids)."""
+    if not torch.is_tensor(labels) or labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an int64/int32 tensor, got "
+                        f"{labels.dtype if torch.is_tensor(labels) else type(labels).__name__}")
+    if tuple(labels.shape) != tuple(shape[:2]):
+        raise ValueError(f"{name} has shape {tuple(labels.shape)} but {source} has shape {tuple(shape)}: {name} "
+                         f"must be [batch, seq] = {tuple(shape[:2])}")
+    if labels.numel() and values_checked(labels):
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
+        if bool(bad.any()):
+            values = labels[bad]
+            raise ValueError(f"{name} must lie in [0, vocab_size={vocab_size}) or be ignore_index={ignore_index}, "
+                             f"got values in [{values.min().item()}, {values.max().item()}]")
+
+
 class LinAttnDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: x + mixer(norm(x)), then h + MLP(norm(h))."""
 
@@ -93,26 +120,51 @@ class LinAttnPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' loader, made strict: a backbone tensor missing from the checkpoint is an error naming
-        it (transformers would re-initialise it at random and only log), a truncated file names the path.
-        Missing task heads (e.g. `score` when a causal-LM checkpoint is loaded for classification) stay allowed."""
+        """transformers' loader, made strict: a backbone tensor missing from the checkpoint, or one in it that the
+        model does not have (e.g. GLA's gk_proj in a checkpoint relabelled linattn_retnet), is an error naming it
+        (transformers would re-initialise / drop it and only log), as is one of another shape (unless
+        ignore_mismatched_sizes=True); a truncated file and a path that does not exist name the path.
+        Task heads missing or left over (e.g. `score` when a causal-LM checkpoint is loaded for classification,
+        `lm_head` when loaded as the base model) stay allowed."""
+        check_checkpoint_path(pretrained_model_name_or_path)
         want_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
         try:
+            # mismatched sizes reported in `info`, so that the error below can name them
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
-                                                  **kwargs)
+                                                  ignore_mismatched_sizes=True, **kwargs)
         except Exception as e:
             if type(e).__name__ == "SafetensorError":
                 raise OSError(f"the checkpoint in {pretrained_model_name_or_path} is truncated or corrupt "
                               f"(safetensors: {e})") from e
             raise
-        prefix = cls.base_model_prefix + "."
-        missing = sorted(k for k in info.get("missing_keys", ())
-                         if k.startswith(prefix) or not hasattr(model, cls.base_model_prefix))
+        src = pretrained_model_name_or_path
+        mismatched = sorted(info.get("mismatched_keys", ()))
+        if mismatched and not ignore_mismatched:
+            raise RuntimeError(f"{len(mismatched)} tensor(s) in the checkpoint in {src} have another shape than "
+                               f"the model's: " + ", ".join(f"{k} (checkpoint {tuple(a)}, model {tuple(b)})"
+                                                           for k, a, b in mismatched[:20])
+                               + (" ..." if len(mismatched) > 20 else "")
+                               + "; pass ignore_mismatched_sizes=True to re-initialise them")
+        problems = []
+        missing = model._backbone_keys(info.get("missing_keys", ()))
         if missing:
-            raise ValueError(f"{len(missing)} tensor(s) missing from the checkpoint in "
-                             f"{pretrained_model_name_or_path}: {', '.join(missing[:20])}"
-                             + (" ..." if len(missing) > 20 else ""))
+            problems.append(f"{len(missing)} tensor(s) missing from the checkpoint in {src}: {_names(missing)}")
+        unexpected = model._backbone_keys(info.get("unexpected_keys", ()))
+        if unexpected:
+            problems.append(f"{len(unexpected)} tensor(s) in the checkpoint in {src} that {cls.__name__} does not "
+                            f"have: {_names(unexpected)} (were they saved from another architecture than "
+                            f"config.json's model_type {model.config.model_type!r}?)")
+        if problems:
+            raise ValueError("; ".join(problems))
         return (model, info) if want_info else model
+
+    def _backbone_keys(self, keys):
+        """The keys (model or checkpoint names) of backbone tensors; the rest are task heads."""
+        prefix = self.base_model_prefix
+        backbone = getattr(self, prefix, self)
+        children = {name for name, _ in backbone.named_children()}
+        return sorted(k for k in keys if k.split(".", 1)[0] in children | {prefix})
 
     @classmethod
     def _supports_default_dynamic_cache(cls):
@@ -144,6 +196,10 @@ class LinAttnPreTrainedModel(PreTrainedModel):
         self.config.attn_mode = mode
 
 
+def _names(keys, limit=20):
+    return ", ".join(keys[:limit]) + (" ..." if len(keys) > limit else "")
+
+
 def _output(cls, **fields):
     cache = fields.pop("cache", None)
     fields[CACHE_OUTPUT_NAME] = cache
@@ -159,6 +215,7 @@ class LinAttnModel(LinAttnPreTrainedModel):
 
     def __init__(self, config):
         super().__init__(config)
+        config.check_sizes()  # again: fields may have been set after the config was made
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
@@ -189,6 +246,9 @@ class LinAttnModel(LinAttnPreTrainedModel):
         B, T = inputs_embeds.shape[:2]
         if B == 0 or T == 0:
             raise ValueError(f"the input holds no tokens (batch {B}, length {T})")
+        if attention_mask is not None:
+            source, given = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+            _check_attention_mask(attention_mask, source, given.shape)
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
@@ -201,6 +261,8 @@ class LinAttnModel(LinAttnPreTrainedModel):
             cache = None
         elif cache is None:
             cache = LinearAttentionCache(self.config)
+        else:
+            cache.check_batch_size(B)
 
         padding = Padding.from_mask(attention_mask, T)
         positions = self._positions(position_ids, cache, padding, B, T, inputs_embeds.device)
@@ -310,6 +372,12 @@ class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
         all) or an index tensor."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cache = resolve_cache(cache, past_key_values, cache_params)
+        source, given = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+        if labels is not None and torch.is_tensor(given):
+            for name, lab in (("labels", labels), ("shift_labels", kwargs.get("shift_labels"))):
+                if lab is not None:
+                    _check_labels(lab, source, given.shape, self.config.vocab_size, kwargs.get("ignore_index", -100),
+                                  name)
         if cache is not None and input_ids is not None and input_ids.is_cuda and ineligible(
                 self, input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                 labels=labels, output_hidden_states=output_hidden_states, attention_mask=attention_mask,

@@ -129,8 +129,10 @@ def rel_errors(got, ref, dg_scale=None):
     return errs
 
 
-def check_case(tag, family, dtype_name, B, T, H, K, V, strength=1.0, lens=None, mode="chunk", fla=False, seed=0):
-    """Ours (and fla) vs the float64 reference on the same inputs; returns the row."""
+def check_case(tag, family, dtype_name, B, T, H, K, V, strength=1.0, lens=None, mode="chunk", fla=False, seed=0,
+               kernel_config=None):
+    """Ours (and fla) vs the float64 reference on the same inputs; returns the row. kernel_config: block-size /
+    warps overrides for our kernels (the ops' kernel_config argument)."""
     dtype = DTYPES[dtype_name]
     if TINY and dtype == torch.bfloat16:  # bf16 is garbage in the interpreter
         dtype = torch.float16
@@ -147,7 +149,8 @@ def check_case(tag, family, dtype_name, B, T, H, K, V, strength=1.0, lens=None, 
         g = g.to(dtype)
     torch.backends.cuda.matmul.allow_tf32 = dtype_name == "tf32"
     t = time.time()
-    got = forward_backward(lambda *a, **kw: ours_fn(family)(*a, backend="triton", **kw), q, k, v, g, h0, cu, mode)
+    got = forward_backward(lambda *a, **kw: ours_fn(family)(*a, backend="triton", kernel_config=kernel_config, **kw),
+                           q, k, v, g, h0, cu, mode)
     sync()
     t_ours = time.time() - t
     d = lambda x: None if x is None else x.double()  # noqa: E731
@@ -186,7 +189,7 @@ def check_case(tag, family, dtype_name, B, T, H, K, V, strength=1.0, lens=None, 
 
 def section_correct(args):
     mod = kernels()
-    mod.POISON = True
+    mod.alloc.POISON = True
     cases = []
     for fam in args.families:
         cases += [
@@ -216,11 +219,12 @@ def section_correct(args):
         tag, fam, dt, B, T, H, K, V, s, lens, mode = c
         try:
             RESULTS["correct"].append(check_case(tag, fam, dt, B, T, H, K, V, s, lens, mode,
-                                                 fla=args.fla and tag == "main" and fam in args.fla_families))
+                                                 fla=args.fla and tag == "main" and fam in args.fla_families,
+                                                 kernel_config=args.kernel_config))
         except Exception as e:  # noqa: BLE001
             log(f"ERROR {c}: {e!r}"[:500])
             RESULTS["correct"].append(dict(tag=tag, family=fam, dtype=dt, ok=False, error=repr(e)[:500]))
-    mod.POISON = False
+    mod.alloc.POISON = False
 
 
 SWEEP = [  # the shipped default is checked by 'correct'
@@ -237,7 +241,7 @@ SWEEP = [  # the shipped default is checked by 'correct'
 
 def section_sweep(args):
     mod = kernels()
-    mod.POISON = True
+    mod.alloc.POISON = True
     for i, ov in enumerate(SWEEP):
         if args.sweep_configs is not None and i not in args.sweep_configs:
             continue
@@ -245,21 +249,18 @@ def section_sweep(args):
             for D in args.sweep_D:
                 if time.time() - T0 > args.budget_s:
                     log("budget exhausted: skipping the rest of 'sweep'")
-                    mod.OVERRIDES.clear()
-                    mod.POISON = False
+                    mod.alloc.POISON = False
                     return
-                mod.OVERRIDES.clear()
-                mod.OVERRIDES.update(ov)
                 try:
-                    row = check_case("sweep", fam, "bf16", 2, 1024, 16, D, D)
+                    row = check_case("sweep", fam, "bf16", 2, 1024, 16, D, D,
+                                     kernel_config={**(args.kernel_config or {}), **ov})
                     row["overrides"] = ov
                 except Exception as e:  # noqa: BLE001
                     row = dict(tag="sweep", family=fam, D=D, overrides=ov, ok=False, error=repr(e)[:500])
                     log(f"ERROR sweep {fam} D={D} {ov}: {e!r}"[:500])
                 log(f"   sweep overrides={ov}")
                 RESULTS["sweep"].append(row)
-    mod.OVERRIDES.clear()
-    mod.POISON = False
+    mod.alloc.POISON = False
 
 
 def section_long(args):
@@ -268,7 +269,7 @@ def section_long(args):
     state, vs the same tokens in one call and vs the float64 reference (final state and last piece's output).
     Weak gates (strength 0.05: decay e^-0.005 per token and key) so that the state remembers thousands of tokens."""
     mod = kernels()
-    mod.POISON = True
+    mod.alloc.POISON = True
     for fam in args.families:
         for dt in ("bf16", "fp32"):
             if time.time() - T0 > args.budget_s:
@@ -280,7 +281,7 @@ def section_long(args):
                 row = dict(tag="long64k", family=fam, dtype=dt, ok=False, error=repr(e)[:500])
                 log(f"ERROR long {fam} {dt}: {e!r}"[:500])
             RESULTS["long"].append(row)
-    mod.POISON = False
+    mod.alloc.POISON = False
     for fam in args.families:
         if time.time() - T0 > args.budget_s:
             log("budget exhausted: skipping the rest of 'long' (carry)")
@@ -370,7 +371,7 @@ def section_timing(args):
         row = rows.setdefault((T, fam), dict(family=fam, B=B, T=T, H=H, D=D, dtype="bf16"))
         if impl == "ours":
             f0 = ours_fn(fam)
-            fn = lambda *a: f0(*a, backend="triton")  # noqa: E731
+            fn = lambda *a: f0(*a, backend="triton", kernel_config=args.kernel_config)  # noqa: E731
         else:
             fn = fla_fn(fam)
         try:
@@ -507,9 +508,9 @@ def main():
         log(f"fla not importable ({e!r}): ours vs reference only")
         args.fla = False
     RESULTS["meta"] = versions()
-    if args.overrides:
-        kernels().OVERRIDES.update(json.loads(args.overrides))
-        RESULTS["meta"]["overrides"] = json.loads(args.overrides)
+    args.kernel_config = json.loads(args.overrides) if args.overrides else None
+    if args.kernel_config:
+        RESULTS["meta"]["overrides"] = args.kernel_config
     log(json.dumps(RESULTS["meta"]))
     secs = args.sections.split(",")
     try:

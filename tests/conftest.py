@@ -59,5 +59,5 @@ def poisoned_kernels(monkeypatch):
     assert mod.INTERPRET != devices.ON_GPU, (
         f"the kernels run {'interpreted' if mod.INTERPRET else 'compiled'} for test device {devices.DEVICE}: "
         "something imported triton before conftest set TRITON_INTERPRET")
-    monkeypatch.setattr(mod, "POISON", True)
+    monkeypatch.setattr(mod.alloc, "POISON", True)
     return mod

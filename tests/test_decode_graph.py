@@ -144,7 +144,6 @@ def test_recurrent_kernel_final_state_in_place():
     """On the test device: the in-place final state equals the allocated one, and is the h0 buffer."""
     pytest.importorskip("triton")
     from linattn_models import ops
-    from linattn_models.ops.api import final_state_in_place
     dev = DEVICE
     gen = torch.Generator().manual_seed(0)
     B, T, H, K, V = 2, 1, 2, 16, 32
@@ -155,16 +154,14 @@ def test_recurrent_kernel_final_state_in_place():
         o_ref, s_ref = ops.gated_linear_attention(q, k, v, g, initial_state=h0.clone(), output_final_state=True,
                                                   mode="recurrent", backend="triton")
         buf = h0.clone()
-        with final_state_in_place():
-            o, s = ops.gated_linear_attention(q, k, v, g, initial_state=buf, output_final_state=True,
-                                              mode="recurrent", backend="triton")
+        o, s = ops.gated_linear_attention(q, k, v, g, initial_state=buf, output_final_state=True,
+                                          mode="recurrent", backend="triton", final_state_in_place=True)
     assert s is buf
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(s, s_ref)
     buf = h0.clone()
-    with final_state_in_place():  # grad on: the flag is ignored
-        _, s = ops.gated_linear_attention(q, k, v, g, initial_state=buf, output_final_state=True,
-                                          mode="recurrent", backend="triton")
+    _, s = ops.gated_linear_attention(q, k, v, g, initial_state=buf, output_final_state=True,  # grad on: ignored
+                                      mode="recurrent", backend="triton", final_state_in_place=True)
     assert s is not buf and torch.equal(buf, h0)
 
 

@@ -9,6 +9,8 @@ Relative error ‖x − ref‖ / ‖ref‖: fp32 ≤ 1e-4 (ieee dots: the interp
 no tf32), fp16 and bf16 ≤ 1e-2 (the GPU check's tolerances). bf16 runs on a GPU only: the interpreter gives
 garbage for bf16. The reference runs in float64 on the same device from the same rounded inputs.
 """
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,12 +24,13 @@ from linattn_models.ops.dispatch import triton_ops
 pytestmark = pytest.mark.usefixtures("poisoned_kernels")
 
 
-def run(family, backend, q, k, v, g, h0, mode, cu=None, final=True, seed=1):
+def run(family, backend, q, k, v, g, h0, mode, cu=None, final=True, seed=1, kernel_config=None):
     """o, final state and the gradients of a random loss of both (dq, dk, dv, [dg], [dh0])."""
     leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, g, h0)]
     qq, kk, vv, gg, hh = leaves
+    extra = {} if kernel_config is None else {"kernel_config": kernel_config}
     o, s = call(family, qq, kk, vv, gg, initial_state=hh, output_final_state=final, cu_seqlens=cu, mode=mode,
-                backend=backend)
+                backend=backend, **extra)
     gen = torch.Generator().manual_seed(seed)
     w = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.device)  # noqa: E731
     loss = (o.double() * w(o)).sum()
@@ -42,7 +45,8 @@ def run(family, backend, q, k, v, g, h0, mode, cu=None, final=True, seed=1):
     return {n: t for n, t in out.items() if t is not None}
 
 
-def check(family, q, k, v, g, h0, mode="chunk", dtype=torch.float32, cu=None, final=True, dg_scale=False):
+def check(family, q, k, v, g, h0, mode="chunk", dtype=torch.float32, cu=None, final=True, dg_scale=False,
+          kernel_config=None):
     """Kernels in `dtype` vs the float64 reference on the same (rounded) inputs.
 
     dg_scale: measure dg's error against the size of its summands, ‖q⊙dq‖ + ‖k⊙dk‖, instead of ‖dg‖. dg is a
@@ -53,7 +57,7 @@ def check(family, q, k, v, g, h0, mode="chunk", dtype=torch.float32, cu=None, fi
     g = None if g is None else g.to(DEVICE, dtype)
     h0f = None if h0 is None else h0.to(DEVICE, torch.float32)
     cu_dev = None if cu is None else cu.to(DEVICE)
-    got = run(family, "triton", q, k, v, g, h0f, mode, cu_dev, final)
+    got = run(family, "triton", q, k, v, g, h0f, mode, cu_dev, final, kernel_config=kernel_config)
     d = lambda t: None if t is None else t.double()  # noqa: E731
     ref = run(family, "torch", d(q), d(k), d(v), d(g), d(h0f), "chunk", cu_dev, final)  # on the device: fast
     assert got.keys() == ref.keys()
@@ -155,7 +159,7 @@ def test_non_contiguous_inputs():
 
 def test_poison_is_on():
     mod = triton_ops()
-    assert torch.isnan(mod._new((3,), torch.float32, DEVICE)).all()
+    assert torch.isnan(mod.alloc.new((3,), torch.float32, DEVICE)).all()
 
 
 def test_empty_and_float64():
@@ -181,11 +185,10 @@ def test_gate_grad_error_does_not_grow_with_length():
 
 
 @pytest.mark.parametrize("diag_limit", [0.0, 80.0])
-def test_vector_gate_both_sub_chunk_paths(monkeypatch, diag_limit):
+def test_vector_gate_both_sub_chunk_paths(diag_limit):
     """GLA's sub-chunk blocks: 0 sends every sub-chunk down the elementwise path, 80 every one (decays here are
     ~15 per sub-chunk) through the rebased matmuls; both must match the reference."""
-    monkeypatch.setitem(triton_ops().OVERRIDES, "diag_limit", diag_limit)
-    check("gla", *make_inputs("gla", 2, 77, 2, 40, 24))
+    check("gla", *make_inputs("gla", 2, 77, 2, 40, 24), kernel_config={"diag_limit": diag_limit})
 
 
 @pytest.mark.parametrize("family", ["linear", "retention", "simple_gla"])
@@ -194,52 +197,59 @@ def test_onepass_forward(monkeypatch, family, case):
     """The one-pass forward (chunk_onepass_kernel; on by default only where the grid fills a GPU), forced on:
     odd lengths and head dims, a varlen pack, no state in or out, fp16, K, V over one 64-wide block, T = 1, and
     T a multiple of the chunk (the last chunk full)."""
-    mod = triton_ops()
-    monkeypatch.setitem(mod.OVERRIDES, "onepass_min_programs", 0)
-    monkeypatch.setitem(mod.OVERRIDES, "onepass_min_programs_scalar", 0)
+    from linattn_models.ops.triton import chunk_fwd
     calls = []
-    real = mod._Problem.onepass_forward
-    monkeypatch.setattr(mod._Problem, "onepass_forward", lambda self, *a: calls.append(1) or real(self, *a))
+    real = chunk_fwd.onepass_forward
+    monkeypatch.setattr(chunk_fwd, "onepass_forward", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    forced = functools.partial(check, kernel_config={"onepass_min_programs": 0, "onepass_min_programs_scalar": 0})
     if case == "odd":
-        check(family, *make_inputs(family, 2, 100, 2, 24, 48, strength=2.0))
+        forced(family, *make_inputs(family, 2, 100, 2, 24, 48, strength=2.0))
     elif case == "varlen":
         lens = [37, 1, 64, 29]
         cu = torch.tensor([0] + lens).cumsum(0)
-        check(family, *make_inputs(family, 1, sum(lens), 2, 16, 24, strength=2.0, N=len(lens)), cu=cu)
+        forced(family, *make_inputs(family, 1, sum(lens), 2, 16, 24, strength=2.0, N=len(lens)), cu=cu)
     elif case == "no_state":
         q, k, v, g, _ = make_inputs(family, 2, 70, 2, 16, 16)
-        check(family, q, k, v, g, None, final=False)
+        forced(family, q, k, v, g, None, final=False)
     elif case == "fp16":
-        check(family, *make_inputs(family, 2, 80, 2, 32, 32), dtype=torch.float16)
+        forced(family, *make_inputs(family, 2, 80, 2, 32, 32), dtype=torch.float16)
     elif case == "wide":
-        check(family, *make_inputs(family, 1, 70, 1, 130, 72))
+        forced(family, *make_inputs(family, 1, 70, 1, 130, 72))
     elif case == "one_token":
-        check(family, *make_inputs(family, 3, 1, 2, 32, 16))
+        forced(family, *make_inputs(family, 3, 1, 2, 32, 16))
     else:
-        check(family, *make_inputs(family, 2, 128, 2, 16, 32, strength=2.0))
+        forced(family, *make_inputs(family, 2, 128, 2, 16, 32, strength=2.0))
     assert calls, "the one-pass forward did not run"
 
 
 def test_parallel_compile_glue(monkeypatch):
-    """_Problem._flush: the first time a plan's key is seen, every queued kernel is warmed up (compiled) with the
-    very grid and arguments of its launch before the launches run in order; the next time, launches only; a
-    failing warmup warns and the launches still run. (Fake kernels: the interpreter has no compile step; the
+    """launch.Plan.run: the first time a plan's specialisation key is seen, every queued launch is warmed up
+    (compiled) with its very grid and keyword arguments before the launches run in order; the next time, launches
+    only; launches that differ only in a non-constexpr int (another T) share the key, a constexpr change does not;
+    a failing warmup warns and the launches still run. (Fake kernels: the interpreter has no compile step; the
     GPU runs exercise Triton's real AsyncCompileMode.)"""
     import triton
-    mod = triton_ops()
+
+    from linattn_models.ops.triton import launch
     events = []
 
+    class Param:
+        def __init__(self, name, is_constexpr):
+            self.name, self.is_constexpr = name, is_constexpr
+
     class Kernel:
+        params = [Param("x", False), Param("T", False), Param("BT", True)]
+
         def __init__(self, name, fail=False):
             self.name, self.fail = name, fail
 
-        def warmup(self, *args, grid, **kw):
+        def warmup(self, grid, **kw):
             if self.fail:
                 raise RuntimeError("compile error")
-            events.append(("warmup", self.name, grid, args, kw))
+            events.append(("warmup", self.name, grid, kw))
 
         def __getitem__(self, grid):
-            return lambda *args, **kw: events.append(("launch", self.name, grid, args, kw))
+            return lambda **kw: events.append(("launch", self.name, grid, kw))
 
     class Mode:  # stands in for triton.AsyncCompileMode
         def __init__(self, pool):
@@ -251,27 +261,33 @@ def test_parallel_compile_glue(monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(mod, "INTERPRET", False)
-    monkeypatch.setattr(mod, "_COMPILED", set())
+    monkeypatch.setattr(launch, "INTERPRET", False)
+    monkeypatch.setattr(launch, "_COMPILED", set())
     monkeypatch.setattr(triton, "AsyncCompileMode", Mode, raising=False)
-    q, k, v, g, _ = make_inputs("simple_gla", 1, 10, 2, 8, 8)
-    p = mod._Problem(q.float(), k.float(), v.float(), g.float(), "scalar", 0.5, None)
     a, b = Kernel("a"), Kernel("b")
-    p._queue(a, (1, 2), 3, "x", num_warps=4)
-    p._queue(b, (5,), 6, num_warps=8)
-    p._flush("test")
-    assert events == [("mode", True), ("warmup", "a", (1, 2), (3, "x"), {"num_warps": 4}),
-                      ("warmup", "b", (5,), (6,), {"num_warps": 8}),
-                      ("launch", "a", (1, 2), (3, "x"), {"num_warps": 4}),
-                      ("launch", "b", (5,), (6,), {"num_warps": 8})]
+    x = torch.zeros(4)
+
+    def queue_two(plan, T=100, BT=64):
+        plan.queue(a, (1, 2), x=x, T=T, BT=BT, num_warps=4)
+        plan.queue(b, (5,), x=x, T=T, BT=BT, num_warps=8)
+
+    plan = launch.Plan()
+    queue_two(plan)
+    plan.run()
+    kw = lambda w: {"x": x, "T": 100, "BT": 64, "num_warps": w}  # noqa: E731
+    assert events == [("mode", True), ("warmup", "a", (1, 2), kw(4)), ("warmup", "b", (5,), kw(8)),
+                      ("launch", "a", (1, 2), kw(4)), ("launch", "b", (5,), kw(8))]
     events.clear()
-    p._queue(a, (1, 2), 3, "x", num_warps=4)
-    p._queue(b, (5,), 6, num_warps=8)
-    p._flush("test")
+    queue_two(plan, T=200)  # T is no constexpr and 200 specialises like 100 (not 1, not a multiple of 16)
+    plan.run()
     assert [e[0] for e in events] == ["launch", "launch"], "a seen key must not compile again"
     events.clear()
-    p._queue(Kernel("c", fail=True), (1,), 1)
-    p._queue(a, (1,), 2)
+    queue_two(plan, BT=32)  # a constexpr changed: a new variant
+    plan.run()
+    assert [e[0] for e in events] == ["mode", "warmup", "warmup", "launch", "launch"]
+    events.clear()
+    plan.queue(Kernel("c", fail=True), (1,), x=x, T=1, BT=64)
+    plan.queue(a, (1,), x=x, T=1, BT=64)
     with pytest.warns(UserWarning, match="parallel Triton compile failed"):
-        p._flush("other key")
+        plan.run()
     assert [e[:2] for e in events] == [("mode", True), ("launch", "c"), ("launch", "a")]

@@ -47,14 +47,16 @@ class Padding:
         return cls(mask, indices, rows, cu_seqlens)
 
 
-def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, padding=None, mode="auto", **kwargs):
+def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, padding=None, mode="auto",
+           final_state_in_place=False, **kwargs):
     """Call an op from linattn_models.ops on [B, T, H, *] inputs, packing out the pads when `padding` is set.
 
     Returns (o [B, T, H, V], final_state [B, H, K, V] fp32 or None). Rows without real tokens keep their
-    initial state (zeros when there is none)."""
+    initial state (zeros when there is none). final_state_in_place: passed to the op (unpadded calls only)."""
     args = (q, k, v) if g is None else (q, k, v, g)
     if padding is None:
-        return op(*args, initial_state=initial_state, output_final_state=output_final_state, mode=mode, **kwargs)
+        return op(*args, initial_state=initial_state, output_final_state=output_final_state, mode=mode,
+                  final_state_in_place=final_state_in_place, **kwargs)
     B, T, H = q.shape[:3]
     V = v.shape[-1]
     if padding.indices.numel() == 0:
@@ -99,6 +101,12 @@ class TokenMixer(nn.Module):
 
     def get_state(self, cache, name):
         return None if cache is None else cache.get_state(self.layer_idx, name)
+
+    @staticmethod
+    def states_in_place(cache):
+        """Whether the ops may write final states into the cache's state buffers (the CUDA-graph decode step's
+        static cache says so: it keeps every state in a fixed buffer)."""
+        return cache is not None and getattr(cache, "states_in_place", False)
 
     def set_state(self, cache, name, value):
         if cache is not None and value is not None:

@@ -37,7 +37,8 @@ class GatedLinearAttention(TokenMixer):
         g = F.logsigmoid(gk if gk.dtype == torch.float64 else gk.float()) / self.gate_logit_normalizer
         g = g.view(B, T, H, self.head_k_dim)
         o, state = attend(ops.gated_linear_attention, q, k, v, g, initial_state=self.get_state(cache, "recurrent"),
-                          output_final_state=cache is not None, padding=padding, mode=self.mode)
+                          output_final_state=cache is not None, padding=padding, mode=self.mode,
+                          final_state_in_place=self.states_in_place(cache))
         self.set_state(cache, "recurrent", state)
         gate = self.g_proj(x).view(B, T, H, self.head_v_dim)
         return self.gated_output(o, gate)

@@ -46,7 +46,8 @@ class LinearAttention(TokenMixer):
             q, k = self.feature_map_q(q), self.feature_map_k(k)
         scale = q.shape[-1] ** -0.5
         o, state = attend(ops.linear_attention, q, k, v, initial_state=self.get_state(cache, "recurrent"),
-                          output_final_state=cache is not None, padding=padding, mode=self.mode, scale=scale)
+                          output_final_state=cache is not None, padding=padding, mode=self.mode,
+                          final_state_in_place=self.states_in_place(cache), scale=scale)
         self.set_state(cache, "recurrent", state)
         if self.normalize:
             o = self._normalize(o, q, k, cache, padding, scale)

@@ -33,7 +33,8 @@ class MultiScaleRetention(TokenMixer):
             positions = torch.arange(T, device=x.device).expand(B, T)
         q, k = self.rotary(q, k, positions)
         o, state = attend(ops.retention, q, k, v, initial_state=self.get_state(cache, "recurrent"),
-                          output_final_state=cache is not None, padding=padding, mode=self.mode)
+                          output_final_state=cache is not None, padding=padding, mode=self.mode,
+                          final_state_in_place=self.states_in_place(cache))
         self.set_state(cache, "recurrent", state)
         gate = self.g_proj(x).view(B, T, self.num_heads, self.head_v_dim)
         return self.gated_output(o, gate)

@@ -4,10 +4,9 @@ Layout [B, T, H, K] for q, k and gates, [B, T, H, V] for v; states [N, H, K, V] 
 log decays (<= 0). Every op returns (o, final_state) with final_state None unless output_final_state=True.
 Packed variable-length batches: B == 1 and cu_seqlens [N+1] (int) marks the N sequences.
 """
-import contextlib
 import functools
 import math
-import threading
+from typing import Optional, Tuple
 
 import torch
 
@@ -18,22 +17,6 @@ from .validate import check_inputs
 # Below this many tokens, mode="auto" runs the recurrent form (decoding, short prompts).
 RECURRENT_MAX_T = 32
 NORMALIZER_EPS = 1e-6
-_in_place = threading.local()
-
-
-@contextlib.contextmanager
-def final_state_in_place():
-    """Inside this block (this thread), a no-grad Triton call in recurrent mode without cu_seqlens writes its
-    final state into `initial_state` and returns that very buffer (when it is fp32 and contiguous), instead of
-    allocating a new one. Used by the CUDA-graph decode step, which keeps every state in a fixed buffer: it saves
-    reading and writing the state once more per token. Safe in the kernel because each program reads its own
-    state tile first and writes the same tile last. The caller must not need the old state afterwards."""
-    before = getattr(_in_place, "on", False)
-    _in_place.on = True
-    try:
-        yield
-    finally:
-        _in_place.on = before
 
 
 def retention_log_decays(num_heads, device=None, dtype=torch.float32):
@@ -64,14 +47,15 @@ def _resolve_scale(q, scale):
     return scale
 
 
-def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, backend):
+def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, backend,
+         final_state_in_place=False, kernel_config=None):
     """Dispatch one gated linear attention call. gate: "none" | "head" (g: [H]) | "scalar" | "vector"."""
     scale = _resolve_scale(q, scale)
     if mode == "auto":
         mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
     if resolve_backend(backend, q.device) == "triton":
         return triton_ops().run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode,
-                                       in_place=getattr(_in_place, "on", False))
+                                       in_place=final_state_in_place, overrides=kernel_config)
     if gate == "head":
         g = g.view(1, 1, -1).expand(q.shape[:3])
     if initial_state is not None:  # a float32 state for float64 inputs: the recurrence runs in float64
@@ -79,19 +63,56 @@ def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens,
     return run_torch(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, mode)
 
 
-def linear_attention(q, k, v, normalize=False, scale=None, initial_state=None, output_final_state=False,
-                     cu_seqlens=None, mode="auto", backend=None):
+_COMMON_ARGS = """
+        scale: multiplies q·k; None means K^-0.5.
+        initial_state: [N, H, K, V] float32 state to start from (N = B, or the number of packed sequences).
+        output_final_state: also return the state after the last token ([N, H, K, V] float32).
+        cu_seqlens: int [N + 1] boundaries of N sequences packed in a B == 1 batch (variable length).
+        mode: "chunk" (parallel over chunks of 64), "recurrent" (token by token: decoding), or "auto"
+            (recurrent up to 32 tokens).
+        backend: "torch" | "triton" | None (LINATTN_BACKEND, else Triton for GPU tensors).
+        final_state_in_place: write the final state into `initial_state`'s buffer and return that buffer
+            (Triton, no grad, recurrent mode, no cu_seqlens, fp32 contiguous state: the CUDA-graph decode step);
+            ignored where it does not apply. The caller must not need the old state afterwards.
+        kernel_config: Triton block sizes / warps / path thresholds overriding the defaults (benchmarks and
+            sweeps; keys of ops/triton/config.py). Ignored by the torch backend.
+
+    Returns:
+        (o [B, T, H, V] in q's dtype, final state or None)."""
+
+
+def _document(fn):
+    fn.__doc__ = fn.__doc__.replace("{common}", _COMMON_ARGS.strip("\n"))
+    return fn
+
+
+@_document
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normalize: bool = False,
+                     scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
+                     output_final_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                     mode: str = "auto", backend: Optional[str] = None, final_state_in_place: bool = False,
+                     kernel_config: Optional[dict] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Causal linear attention (no decay): o_t = scale · q_t Σ_{s≤t} k_sᵀ v_s.
 
     normalize=True divides by the normaliser scale · q_t · Σ_{s≤t} k_s (+1e-6), as in Katharopoulos et al.
     (apply a positive feature map to q and k first). The normaliser is not part of the [K, V] state, so it
     cannot be combined with initial_state; to carry it across calls, append a ones column to v instead.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V] (float16 / bfloat16 / float32; float64 on the torch backend).
+        normalize: divide by the normaliser (see above).
+{common}
+
+    Example:
+        >>> q, k, v = torch.randn(2, 100, 4, 32), torch.randn(2, 100, 4, 32), torch.randn(2, 100, 4, 16)
+        >>> o, state = linear_attention(q, k, v, output_final_state=True)   # o [2, 100, 4, 16], state [2, 4, 32, 16]
     """
     check_inputs(q, k, v, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
     if normalize and initial_state is not None:
         raise ValueError("normalize=True cannot take an initial_state (the normaliser is not in the state); "
                          "append a ones column to v and divide by it instead")
-    o, state = _run(q, k, v, None, "none", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
+    o, state = _run(q, k, v, None, "none", scale, initial_state, output_final_state, cu_seqlens, mode, backend,
+                    final_state_in_place, kernel_config)
     if normalize:
         o, _ = normalize_linear_attention(o, q, k, _resolve_scale(q, scale), cu_seqlens=cu_seqlens)
     return o, state
@@ -130,24 +151,70 @@ def _cumsum_per_sequence(x, cu_seqlens):
     return c - before[:, seq_id]
 
 
-def retention(q, k, v, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-              mode="auto", backend=None):
-    """Multi-scale retention (RetNet): fixed decay 1 - 2^(-5-h) for head h = 0..H-1."""
+@_document
+def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float] = None,
+              initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
+              cu_seqlens: Optional[torch.Tensor] = None, mode: str = "auto", backend: Optional[str] = None,
+              final_state_in_place: bool = False,
+              kernel_config: Optional[dict] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Multi-scale retention (RetNet): a fixed decay 1 - 2^(-5-h) for head h = 0..H-1.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V].
+{common}
+
+    Example:
+        >>> o, _ = retention(torch.randn(1, 64, 8, 32), torch.randn(1, 64, 8, 32), torch.randn(1, 64, 8, 64))
+    """
     check_inputs(q, k, v, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
     # fp64 decays for fp64 inputs, so the reference is exact; the kernels take them as fp32.
     g = _log_decays(q.shape[2], q.device, compute_dtype(q))
-    return _run(q, k, v, g, "head", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
+    return _run(q, k, v, g, "head", scale, initial_state, output_final_state, cu_seqlens, mode, backend,
+                final_state_in_place, kernel_config)
 
 
-def simple_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-               mode="auto", backend=None):
-    """Gated linear attention with one data-dependent log decay per head and token, g: [B, T, H] (<= 0)."""
+@_document
+def simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scale: Optional[float] = None,
+               initial_state: Optional[torch.Tensor] = None, output_final_state: bool = False,
+               cu_seqlens: Optional[torch.Tensor] = None, mode: str = "auto", backend: Optional[str] = None,
+               final_state_in_place: bool = False,
+               kernel_config: Optional[dict] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Gated linear attention with one data-dependent log decay per head and token:
+    S_t = exp(g_t) S_{t-1} + k_tᵀ v_t, o_t = scale · q_t S_t.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V].
+        g: [B, T, H] natural-log decays, <= 0 (e.g. F.logsigmoid of a projection).
+{common}
+
+    Example:
+        >>> q, k, v = (torch.randn(1, 50, 2, 16) for _ in range(3))
+        >>> o, _ = simple_gla(q, k, v, F.logsigmoid(torch.randn(1, 50, 2)))
+    """
     check_inputs(q, k, v, g, 3, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
-    return _run(q, k, v, g, "scalar", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
+    return _run(q, k, v, g, "scalar", scale, initial_state, output_final_state, cu_seqlens, mode, backend,
+                final_state_in_place, kernel_config)
 
 
-def gated_linear_attention(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-                           mode="auto", backend=None):
-    """Gated linear attention (GLA) with a data-dependent log decay per key dimension, g: [B, T, H, K] (<= 0)."""
+@_document
+def gated_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                           scale: Optional[float] = None, initial_state: Optional[torch.Tensor] = None,
+                           output_final_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                           mode: str = "auto", backend: Optional[str] = None, final_state_in_place: bool = False,
+                           kernel_config: Optional[dict] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Gated linear attention (GLA) with a data-dependent log decay per key dimension:
+    S_t = diag(exp(g_t)) S_{t-1} + k_tᵀ v_t, o_t = scale · q_t S_t.
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V].
+        g: [B, T, H, K] natural-log decays, <= 0.
+{common}
+
+    Example:
+        >>> q, k, v = (torch.randn(1, 50, 2, 16) for _ in range(3))
+        >>> o, state = gated_linear_attention(q, k, v, F.logsigmoid(torch.randn(1, 50, 2, 16)),
+        ...                                   output_final_state=True)
+    """
     check_inputs(q, k, v, g, 4, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
-    return _run(q, k, v, g, "vector", scale, initial_state, output_final_state, cu_seqlens, mode, backend)
+    return _run(q, k, v, g, "vector", scale, initial_state, output_final_state, cu_seqlens, mode, backend,
+                final_state_in_place, kernel_config)

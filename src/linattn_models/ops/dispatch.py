@@ -11,7 +11,8 @@ The kernel module is imported lazily so that importing linattn_models never pays
 that TRITON_INTERPRET can still be set by a test before the first kernel call.
 """
 import importlib
-import os
+
+from .. import env
 
 BACKENDS = ("auto", "torch", "triton")
 _TRITON_DEVICES = ("cuda", "xpu")
@@ -35,7 +36,7 @@ def triton_ops():
 def resolve_backend(backend, device):
     """Return "torch" or "triton" for tensors on `device`."""
     if backend is None:
-        backend = os.environ.get("LINATTN_BACKEND", "auto") or "auto"
+        backend = env.get("LINATTN_BACKEND")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None (LINATTN_BACKEND likewise), got {backend!r}")
     if backend == "auto":
@@ -47,7 +48,7 @@ def resolve_backend(backend, device):
                 return "torch"
         return "torch"
     if backend == "triton":
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        if device.type == "cpu" and not env.triton_interpret():
             raise ValueError("backend='triton' on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
                              "before the first kernel call, or use backend='torch'")
         if device.type not in _TRITON_DEVICES + ("cpu",):

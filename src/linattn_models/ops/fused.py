@@ -8,20 +8,20 @@ the torch path (the float64 model runs are references, kept to torch's math). LI
 (not the attention ops) to torch whatever the backend: a switch for A/B comparisons and a way around a kernel
 that misbehaves on some device.
 """
-import os
 import threading
 import weakref
 
 import torch
 import torch.nn.functional as F
 
+from .. import env
 from .dispatch import resolve_backend, triton_ops
 from .reference import compute_dtype
 from .validate import refuse_double_backward
 
 
 def _use_triton(x, backend):
-    if backend is None and os.environ.get("LINATTN_FUSED", "1") == "0":
+    if backend is None and not env.flag("LINATTN_FUSED"):
         return False
     return x.dtype != torch.float64 and resolve_backend(backend, x.device) == "triton"
 

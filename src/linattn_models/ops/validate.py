@@ -3,9 +3,9 @@
 Checks that need the tensor values (gates > 0, NaN/inf) force a host sync on a GPU, so they always run
 on CPU tensors and run on GPU tensors only when LINATTN_CHECK_VALUES=1 (see `values_checked`).
 """
-import os
-
 import torch
+
+from .. import env
 
 from .reference import compute_dtype
 
@@ -14,7 +14,7 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def values_checked(t: torch.Tensor) -> bool:
     """Whether value checks (a host sync) run for this tensor."""
-    return t.device.type == "cpu" or os.environ.get("LINATTN_CHECK_VALUES", "0") == "1"
+    return t.device.type == "cpu" or env.flag("LINATTN_CHECK_VALUES")
 
 
 def refuse_double_backward(op, instead):

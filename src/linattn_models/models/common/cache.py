@@ -73,6 +73,8 @@ class LinearAttentionCache(Cache):
         super().__init__(layers=[RecurrentStateLayer() for _ in range(num_layers)])
         self.seen_tokens = 0
         self.positions = None  # [B] long: real tokens absorbed per row
+        # True on the CUDA-graph decode step's static cache: the ops write final states into the held buffers
+        self.states_in_place = False
 
     # --- what the token mixers use ---------------------------------------------------------------------------
     def get_state(self, layer_idx, name):

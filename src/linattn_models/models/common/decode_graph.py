@@ -10,8 +10,8 @@ static buffers owned by a `_StepGraph`:
 
 The captured function is the model's own eager forward (LinAttnModel.forward on a throw-away cache whose states
 are the static buffers), then lm_head on the last token, then `static.copy_(new)` for every state and for the
-positions; the recurrent states skip that copy: under ops.api.final_state_in_place the Triton recurrent kernel
-writes them into the static buffer directly. So after a replay the static buffers hold the new cache.
+positions; the recurrent states skip that copy: the throw-away cache says `states_in_place`, so the mixers call
+their ops with final_state_in_place=True and the Triton recurrent kernel writes them into the static buffer directly. So after a replay the static buffers hold the new cache.
 
 Binding a cache: before a replay, every cache tensor that is not the static buffer (the first step after the
 prefill, after beam search's reorder_cache, a cache built elsewhere) is copied into it and the cache is re-pointed
@@ -26,7 +26,6 @@ The eligibility rules are in `ineligible` (why a call runs eagerly); the model h
 (LinAttnForCausalLM.forward, enable_decode_graph, reset_decode_graphs). Turned off by
 model.enable_decode_graph(False) or the environment variable LINATTN_DECODE_GRAPH=0.
 """
-import os
 import time
 import weakref
 from collections import OrderedDict
@@ -34,7 +33,7 @@ from collections import OrderedDict
 import torch
 from transformers.utils import logging
 
-from ...ops.api import final_state_in_place
+from ... import env
 from .cache import LinearAttentionCache
 
 logger = logging.get_logger(__name__)
@@ -45,7 +44,7 @@ WARMUP_STEPS = 2  # eager runs on a side stream before capture (Triton compiles,
 
 
 def env_enabled():
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+    return env.flag(ENV_VAR)
 
 
 def ineligible(model, input_ids=None, inputs_embeds=None, cache=None, use_cache=None, labels=None,
@@ -83,7 +82,7 @@ def ineligible(model, input_ids=None, inputs_embeds=None, cache=None, use_cache=
         return "not on a CUDA device"
     if torch.is_autocast_enabled("cuda"):
         return "autocast is on (a graph would freeze its casts)"
-    if os.environ.get("LINATTN_CHECK_VALUES", "0") == "1":
+    if env.flag("LINATTN_CHECK_VALUES"):
         return "LINATTN_CHECK_VALUES=1 (value checks sync, which a graph cannot)"
     if len(set(map(str, (getattr(model, "hf_device_map", None) or {}).values()))) > 1:
         return "model split across devices (device_map)"
@@ -148,9 +147,9 @@ class _StepGraph:
         for (i, name), buf in self.states.items():
             cache.layers[i].states[name] = buf
         cache.seen_tokens, cache.positions = 1, self.positions
-        with final_state_in_place():
-            hidden = model.model(input_ids=self.ids, position_ids=self.rope, cache=cache, use_cache=True,
-                                 output_hidden_states=False, return_dict=True).last_hidden_state
+        cache.states_in_place = True  # the mixers' ops write their final states into these very buffers
+        hidden = model.model(input_ids=self.ids, position_ids=self.rope, cache=cache, use_cache=True,
+                             output_hidden_states=False, return_dict=True).last_hidden_state
         logits = model.lm_head(hidden[:, -1:])
         written = {(i, name): x for i, layer in enumerate(cache.layers) for name, x in layer.states.items()}
         if written.keys() != self.states.keys():

@@ -17,17 +17,20 @@ of BC rows, rebased on a row between i and j:
 and the sub-chunk's own block either as fp32 (tf32) matmuls on the same rebasings (its decay at most e^-LIMIT, as
 in chunk_fwd.py) or summed elementwise with no positive exponent.
 """
+import torch
 import triton
 import triton.language as tl
 
-from .common import chunk_bounds, load_tile, store_tile, sub_chunk_fits
+from .alloc import cdiv, new, np2
+
+from .common import GATE_HEAD, GATE_NONE, GATE_VECTOR, chunk_bounds, load_tile, store_tile, sub_chunk_fits
 
 
 @triton.jit
 def _scalar_decay(gb, gh, start, L, i_h, H: tl.constexpr, BT: tl.constexpr, GATE: tl.constexpr):
     """b [BT] (chunk-local cumulative log gate) and b_C for the head (1) and scalar (2) gates."""
     rt = tl.arange(0, BT)
-    if GATE == 1:
+    if GATE == GATE_HEAD:
         g_h = tl.load(gh + i_h).to(tl.float32)
         b = (rt + 1).to(tl.float32) * g_h
         b_C = L.to(tl.float32) * g_h
@@ -54,7 +57,7 @@ def chunk_dv_kernel(q, k, do, gb, gh, dh, A, dv, cu_seqlens, chunk_indices, scal
         rk = i_k * BK + tl.arange(0, BK)
         kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
         dhk = tl.load(hp + rk[:, None] * V + rv[None, :], mask=(rk[:, None] < K) & (rv[None, :] < V), other=0.0)
-        if GATE == 3:
+        if GATE == GATE_VECTOR:
             bk = load_tile(gb, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
             b_C = tl.load(gb + ((start + L - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)
             kg = (kt * tl.exp(tl.minimum(b_C[None, :] - bk, 0.0))).to(dt)
@@ -63,11 +66,11 @@ def chunk_dv_kernel(q, k, do, gb, gh, dh, A, dv, cu_seqlens, chunk_indices, scal
             acc += tl.dot(kt, dhk.to(dt), input_precision=DOT_PREC)
             qt = load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # [BK, BT]
             Pt += tl.dot(kt, qt, input_precision=DOT_PREC)
-    if GATE == 3:  # Aᵀ read straight from memory: Pt[j, i] = A[i, j]
+    if GATE == GATE_VECTOR:  # Aᵀ read straight from memory: Pt[j, i] = A[i, j]
         Pt = tl.load(A + ((start + rt[None, :]) * H + i_h) * BT + rt[:, None], mask=rt[None, :] < L, other=0.0)
     else:
         causal_t = rt[None, :] >= rt[:, None]  # i >= j
-        if GATE == 0:
+        if GATE == GATE_NONE:
             Pt = tl.where(causal_t, Pt, 0.0) * scale
         else:
             b, b_C = _scalar_decay(gb, gh, start, L, i_h, H, BT, GATE)
@@ -119,7 +122,7 @@ def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dqi, dki, dq, dk, dgc, cu_seqle
                          input_precision=DOT_PREC)
             dAt += tl.dot(vt, load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, True, 0.0),
                           input_precision=DOT_PREC)
-    if GATE == 3:
+    if GATE == GATE_VECTOR:
         bk = load_tile(gb, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
         b_C = tl.load(gb + ((start + L - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)
         acc_q = acc_q * scale * tl.exp(tl.minimum(bk, 0.0))
@@ -135,7 +138,7 @@ def chunk_dqk_kernel(q, k, v, do, gb, gh, h, dh, dqi, dki, dq, dk, dgc, cu_seqle
     else:
         causal = rt[:, None] >= rt[None, :]
         causal_t = rt[None, :] >= rt[:, None]
-        if GATE == 0:
+        if GATE == GATE_NONE:
             acc_q = acc_q * scale
             dA = tl.where(causal, dA, 0.0) * scale
             dAt = tl.where(causal_t, dAt, 0.0) * scale
@@ -250,3 +253,45 @@ def chunk_vector_intra_bwd_kernel(q, k, gb, dA, dq, dk, cu_seqlens, chunk_indice
                 acc_k += dA_row[:, None] * qj1[None, :] * tl.exp(tl.minimum(bj1[None, :] - bi, 0.0))
         store_tile(dq, acc_q, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK)
         store_tile(dk, acc_k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK)
+
+
+# --- host-side launches (queued on the call's plan; see call.py) --------------------------------------------------
+def vector_dA(c, *, do):
+    """dA [B·T, H, BT] (fp32) = s (dO Vᵀ) ⊙ causal mask."""
+    cfg = c.cfg
+    dA = new((c.TT, c.H, cfg["BT"]), torch.float32, c.device)
+    c.plan.queue(chunk_vector_dA_kernel, (c.NT, c.H), v=c.v, do=do, dA=dA, scale=c.scale, H=c.H, V=c.V,
+                 BV=cfg["BV_dA"], DOT_PREC=c.prec, **c.chunk_args(), **c.launch)
+    return dA
+
+
+def vector_intra(c, *, b, dA):
+    """The vector gate's intra-chunk parts of dq, dk (fp32 [B·T, H, K] each; chunk_dqk finishes them)."""
+    cfg = c.cfg
+    dqi = new((c.TT, c.H, c.K), torch.float32, c.device)
+    dki = new((c.TT, c.H, c.K), torch.float32, c.device)
+    grid = (cdiv(c.K, cfg["BK_intra"]) * (cfg["BT"] // cfg["BC"]), c.NT, c.H)
+    c.plan.queue(chunk_vector_intra_bwd_kernel, grid, q=c.q, k=c.k, gb=b, dA=dA, dq=dqi, dk=dki, H=c.H, K=c.K,
+                 BC=cfg["BC"], BK=cfg["BK_intra"], KP=np2(c.K), LIMIT=c.diag_limit, DOT_PREC=c.prec,
+                 **c.chunk_args(), **c.launch)
+    return dqi, dki
+
+
+def chunk_dv(c, *, do, b, dh, A):
+    """dv [B·T, H, V] in the input dtype, from the state gradients dh per chunk (and the vector gate's A)."""
+    cfg = c.cfg
+    dv = new((c.TT, c.H, c.V), c.dtype, c.device)
+    c.plan.queue(chunk_dv_kernel, (cdiv(c.V, cfg["BV_dv"]), c.NT, c.H), q=c.q, k=c.k, do=do, gb=b, gh=c.g_head,
+                 dh=dh, A=c.opt(A), dv=dv, scale=c.scale, H=c.H, K=c.K, V=c.V, BK=cfg["BK_dv"], BV=cfg["BV_dv"],
+                 GATE=c.GATE, DOT_PREC=c.prec, **c.chunk_args(), **c.launch)
+    return dv
+
+
+def chunk_dqk(c, *, do, b, h, dh, dqi, dki, dq, dk, dgc):
+    """Fill dq, dk [B·T, H, K] (and, for the vector gate, its dg into dgc; for the scalar gate the chunk-end terms
+    rowsum(S_C ⊙ dS_C) into dgc [NT, H, K])."""
+    cfg = c.cfg
+    c.plan.queue(chunk_dqk_kernel, (cdiv(c.K, cfg["BK_dqk"]), c.NT, c.H), q=c.q, k=c.k, v=c.v, do=do, gb=b,
+                 gh=c.g_head, h=h, dh=dh, dqi=c.opt(dqi), dki=c.opt(dki), dq=dq, dk=dk, dgc=c.opt(dgc),
+                 scale=c.scale, H=c.H, K=c.K, V=c.V, BK=cfg["BK_dqk"], BV=cfg["BV_dqk"], GATE=c.GATE,
+                 DOT_PREC=c.prec, **c.chunk_args(), **c.launch)

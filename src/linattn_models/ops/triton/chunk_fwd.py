@@ -20,10 +20,13 @@ sub-chunk's own block is formed elementwise in fp32 with no positive exponent, a
 The matmul's operands are in the input dtype: A enters the output kernel's matmul in that dtype anyway (measured
 on an H100: fp32/tf32 operands here tripled this kernel's time). The backward (chunk_bwd.py) uses fp32 there.
 """
+import torch
 import triton
 import triton.language as tl
 
-from .common import chunk_bounds, load_tile, seq_bounds, store_tile, sub_chunk_fits
+from .alloc import cdiv, new, np2
+from .common import (GATE_HEAD, GATE_NONE, GATE_SCALAR, GATE_VECTOR, chunk_bounds, load_tile, seq_bounds, store_tile,
+                     sub_chunk_fits)
 
 
 @triton.jit
@@ -96,21 +99,21 @@ def chunk_out_kernel(q, k, v, gb, gh, h, A, o, cu_seqlens, chunk_indices, scale,
         rk = i_k * BK + tl.arange(0, BK)
         qt = load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
         hk = tl.load(hp + rk[:, None] * V + rv[None, :], mask=(rk[:, None] < K) & (rv[None, :] < V), other=0.0)
-        if GATE == 3:
+        if GATE == GATE_VECTOR:
             bq = load_tile(gb, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
             qt = (qt * tl.exp(tl.minimum(bq, 0.0))).to(dt)
         else:
             kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # [BK, BT]
             P += tl.dot(qt, kt, input_precision=DOT_PREC)
         acc += tl.dot(qt, hk.to(dt), input_precision=DOT_PREC)
-    if GATE == 3:
+    if GATE == GATE_VECTOR:
         P = tl.load(A + ((start + rt[:, None]) * H + i_h) * BT + rt[None, :], mask=rt[:, None] < L, other=0.0)
     else:
         causal = rt[:, None] >= rt[None, :]
-        if GATE == 0:
+        if GATE == GATE_NONE:
             P = tl.where(causal, P, 0.0) * scale
         else:
-            if GATE == 1:
+            if GATE == GATE_HEAD:
                 b = (rt + 1).to(tl.float32) * tl.load(gh + i_h).to(tl.float32)
             else:
                 b = tl.load(gb + (start + rt) * H + i_h, mask=rt < L, other=0.0)
@@ -130,7 +133,7 @@ def chunk_onepass_kernel(q, k, v, g, gh, h_init, o, h_final, cu_seqlens, chunk_o
     chunks in order, the state S [K, BV] in registers: o_C from S as chunk_out_kernel does, then S updated as
     states.py does. Nothing but o (and the final state) is written, so the forward moves q, k, v and o only
     (the two-kernel form also writes the chunk states, as large as two of q, k, v at BT=64, and reads them back).
-    The price is parallelism: N·H·(V/BV) programs, each sequential over its chunks; _Problem.chunk_forward
+    The price is parallelism: N·H·(V/BV) programs, each sequential over its chunks; attention.chunk_forward
     takes this form only when that fills the device. The scalar gate's chunk-local cumsum is taken here.
     Grid (V blocks, N·H); KP ≥ K (one K block: o needs all of q·S).
     """
@@ -147,7 +150,7 @@ def chunk_onepass_kernel(q, k, v, g, gh, h_init, o, h_final, cu_seqlens, chunk_o
     if HAS_INIT:
         S += tl.load(h_init + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
     causal = rt[:, None] >= rt[None, :]
-    if GATE == 1:  # the head gate's factors are the same for every chunk: made once, out of the loop
+    if GATE == GATE_HEAD:  # the head gate's factors are the same for every chunk: made once, out of the loop
         g_h = tl.load(gh + i_h).to(tl.float32)
         b = (rt + 1).to(tl.float32) * g_h
         eb = tl.exp(b)
@@ -160,11 +163,11 @@ def chunk_onepass_kernel(q, k, v, g, gh, h_init, o, h_final, cu_seqlens, chunk_o
         vt = load_tile(v, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)  # [BT, BV]
         P = tl.dot(qt, kt, input_precision=DOT_PREC)
         acc = tl.dot(qt, S.to(dt), input_precision=DOT_PREC)
-        if GATE == 0:
+        if GATE == GATE_NONE:
             P = tl.where(causal, P, 0.0) * scale
             vs = vt
         else:
-            if GATE == 1:
+            if GATE == GATE_HEAD:
                 b_C = L.to(tl.float32) * g_h
                 acc *= eb[:, None]
                 P *= decay
@@ -182,3 +185,46 @@ def chunk_onepass_kernel(q, k, v, g, gh, h_init, o, h_final, cu_seqlens, chunk_o
         S += tl.dot(kt, vs, input_precision=DOT_PREC)
     if STORE_FINAL:
         tl.store(h_final + i_nh.to(tl.int64) * K * V + o_kv, S, mask=m_kv)
+
+
+# --- host-side launches (queued on the call's plan; see call.py) --------------------------------------------------
+def vector_A(c, *, b):
+    """The vector gate's intra-chunk matrix A [B·T, H, BT] (fp32)."""
+    cfg = c.cfg
+    A = new((c.TT, c.H, cfg["BT"]), torch.float32, c.device)
+    c.plan.queue(chunk_vector_A_kernel, (cfg["BT"] // cfg["BC"], c.NT, c.H), q=c.q, k=c.k, gb=b, A=A,
+                 scale=c.scale, H=c.H, K=c.K, BC=cfg["BC"], BK=cfg["BK_A"], KP=np2(c.K), LIMIT=c.diag_limit_A,
+                 DOT_PREC=c.prec, **c.chunk_args(), **c.launch)
+    return A
+
+
+def chunk_out(c, *, b, h, A):
+    """o [B·T, H, V] from the entering chunk states h (and the vector gate's A)."""
+    cfg = c.cfg
+    o = new((c.TT, c.H, c.V), c.dtype, c.device)
+    c.plan.queue(chunk_out_kernel, (cdiv(c.V, cfg["BV_out"]), c.NT, c.H), q=c.q, k=c.k, v=c.v, gb=b, gh=c.g_head,
+                 h=h, A=c.opt(A), o=o, scale=c.scale, H=c.H, K=c.K, V=c.V, BK=cfg["BK_out"], BV=cfg["BV_out"],
+                 GATE=c.GATE, DOT_PREC=c.prec, **c.chunk_args(), **c.launch)
+    return o
+
+
+def onepass_fits(c):
+    """Whether the one-pass forward runs: gate none/head/scalar, K small enough, and enough programs (config)."""
+    cfg = c.cfg
+    programs = c.N * c.H * cdiv(c.V, cfg["BV_onepass"])
+    least = cfg["onepass_min_programs_scalar" if c.GATE == GATE_SCALAR.value else "onepass_min_programs"]
+    return c.GATE != GATE_VECTOR.value and c.K <= cfg["onepass_max_K"] and programs >= least
+
+
+def onepass_forward(c, *, h0, want_final):
+    """(o [B·T, H, V], final state or None) in one kernel."""
+    cfg = c.cfg
+    o = new((c.TT, c.H, c.V), c.dtype, c.device)
+    ht = new((c.N, c.H, c.K, c.V), torch.float32, c.device) if want_final else None
+    c.plan.queue(chunk_onepass_kernel, (cdiv(c.V, cfg["BV_onepass"]), c.N * c.H), q=c.q, k=c.k, v=c.v,
+                 g=c.opt(c.g), gh=c.g_head, h_init=c.opt(h0), o=o, h_final=c.opt(ht), cu_seqlens=c.cu,
+                 chunk_offsets=c.chunk_offsets, scale=c.scale, T=c.T, H=c.H, K=c.K, V=c.V, BT=cfg["BT"],
+                 KP=np2(c.K), BV=cfg["BV_onepass"], GATE=c.GATE, HAS_INIT=h0 is not None, STORE_FINAL=want_final,
+                 VARLEN=c.varlen, DOT_PREC=c.prec, num_warps=cfg["warps_onepass"],
+                 num_stages=c.launch["num_stages"])
+    return o, ht

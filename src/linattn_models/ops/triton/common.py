@@ -13,14 +13,20 @@
   accumulates over the whole sequence: measured in bf16 on an H100, dg's error grew from 1.5e-2 (T=2K) to 5.7e-2
   (T=16K). Per chunk it stays at the level of dq, dk.
 
-Gate kinds (tl.constexpr GATE): 0 none, 1 one constant log decay per head, 2 scalar per token and head,
-3 vector per token, head and key dim.
+Gate kinds (the kernels' tl.constexpr GATE, compared with the named constants below): GATE_NONE, GATE_HEAD (one
+constant log decay per head), GATE_SCALAR (per token and head), GATE_VECTOR (per token, head and key dim).
 """
+import torch
 import triton
 import triton.language as tl
 
-GATE_NONE, GATE_HEAD, GATE_SCALAR, GATE_VECTOR = 0, 1, 2, 3
-GATE_KINDS = {"none": GATE_NONE, "head": GATE_HEAD, "scalar": GATE_SCALAR, "vector": GATE_VECTOR}
+from .alloc import cdiv, new, np2
+
+# tl.constexpr so that kernels may read them as globals (Triton refuses other module-level values)
+GATE_NONE, GATE_HEAD, GATE_SCALAR, GATE_VECTOR = (tl.constexpr(i) for i in range(4))
+# host side: the op's gate name -> the int passed as GATE
+GATE_KINDS = {name: c.value for name, c in
+              zip(("none", "head", "scalar", "vector"), (GATE_NONE, GATE_HEAD, GATE_SCALAR, GATE_VECTOR))}
 
 
 @triton.jit
@@ -129,3 +135,28 @@ def gate_grad_kernel(q, k, dq, dk, dgc, dg, dq_out, dk_out, cu_seqlens, chunk_in
     if WRITE_DQK:
         store_tile(dq_out, dqt, start, L, 0, H, K, i_h, BT, BK)
         store_tile(dk_out, dkt, start, L, 0, H, K, i_h, BT, BK)
+
+
+# --- host-side launches (queued on the call's plan; see call.py) --------------------------------------------------
+def local_cumsum(c):
+    """b: the chunk-local cumulative log gate (fp32, g's shape) for the scalar and vector gates; else the dummy."""
+    if c.g is None:
+        return c.dummy
+    scalar = c.gate == "scalar"
+    D = 1 if scalar else c.K
+    BD = 16 if scalar else min(64, np2(D))
+    b = new(c.g.shape, torch.float32, c.device)
+    c.plan.queue(local_cumsum_kernel, (cdiv(D, BD), c.NT, c.H), g=c.g, b=b, H=c.H, D=D, BD=BD, SCALAR=scalar,
+                 **c.chunk_args(), **c.launch)
+    return b
+
+
+def gate_grad(c, *, dq, dk, dgc):
+    """Scalar gate: (dq, dk in the input dtype, dg in g's dtype) from the fp32 dq, dk and the chunk-end terms."""
+    dg = new(c.g.shape, c.g.dtype, c.device)
+    cast = c.dtype != torch.float32  # the kernel also stores dq, dk in the input dtype
+    dq_out = new(dq.shape, c.dtype, c.device) if cast else dq
+    dk_out = new(dk.shape, c.dtype, c.device) if cast else dk
+    c.plan.queue(gate_grad_kernel, (c.NT, c.H), q=c.q, k=c.k, dq=dq, dk=dk, dgc=dgc, dg=dg, dq_out=dq_out,
+                 dk_out=dk_out, H=c.H, K=c.K, BK=np2(c.K), WRITE_DQK=cast, **c.chunk_args(), **c.launch)
+    return dq_out, dk_out, dg

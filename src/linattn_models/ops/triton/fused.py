@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ..validate import refuse_double_backward
-from . import _new, _np2
+from .alloc import new, np2
 
 _FUSED_INSTEAD = "set LINATTN_FUSED=0 (torch's ops) or use backend='torch'"
 
@@ -93,11 +93,11 @@ class _RMSNorm(torch.autograd.Function):
         x2 = x.contiguous().view(-1, D)
         g2 = gate.contiguous().view(-1, D) if gate is not None else x2
         N = x2.shape[0]
-        y = _new(x2.shape, out_dtype, x.device)
-        rstd = _new((N,), torch.float64 if x.dtype == torch.float64 else torch.float32, x.device)
+        y = new(x2.shape, out_dtype, x.device)
+        rstd = new((N,), torch.float64 if x.dtype == torch.float64 else torch.float32, x.device)
         w = weight if weight is not None else x2
         _rms_norm_fwd_kernel[(triton.cdiv(N, _ROWS),)](
-            x2, g2, w, y, rstd, N, D, eps, BR=_ROWS, BD=_np2(D, 1), ACC=_acc(x.dtype),
+            x2, g2, w, y, rstd, N, D, eps, BR=_ROWS, BD=np2(D, 1), ACC=_acc(x.dtype),
             HAS_W=weight is not None, HAS_G=gate is not None)
         ctx.save_for_backward(x2, g2 if gate is not None else None, weight, rstd)
         ctx.shape, ctx.gate_dtype = x.shape, None if gate is None else gate.dtype
@@ -109,13 +109,13 @@ class _RMSNorm(torch.autograd.Function):
         x2, g2, weight, rstd = ctx.saved_tensors
         N, D = x2.shape
         dy = dy.contiguous().view(N, D)
-        dx = _new((N, D), x2.dtype, x2.device)
-        dg = _new((N, D), ctx.gate_dtype, x2.device) if g2 is not None else None
+        dx = new((N, D), x2.dtype, x2.device)
+        dg = new((N, D), ctx.gate_dtype, x2.device) if g2 is not None else None
         P = max(1, min(_num_programs(x2.device), triton.cdiv(N, _ROWS)))
-        dw = _new((P, D), rstd.dtype, x2.device) if weight is not None else None
+        dw = new((P, D), rstd.dtype, x2.device) if weight is not None else None
         _rms_norm_bwd_kernel[(P,)](
             x2, g2 if g2 is not None else x2, weight if weight is not None else x2, rstd, dy, dx,
-            dg if dg is not None else dx, dw if dw is not None else dx, N, D, BR=_ROWS, BD=_np2(D, 1),
+            dg if dg is not None else dx, dw if dw is not None else dx, N, D, BR=_ROWS, BD=np2(D, 1),
             ACC=_acc(x2.dtype), HAS_W=weight is not None, HAS_G=g2 is not None)
         dweight = dw.sum(0).to(weight.dtype) if weight is not None else None
         return (dx.view(ctx.shape), dweight, None if dg is None else dg.view(ctx.shape), None, None)
@@ -157,8 +157,8 @@ def _rotate(q, k, cos_t, sin_t, sign):
     B, T, H, D = q.shape
     NR = B * T
     q, k = q.contiguous(), k.contiguous()
-    qo, ko = _new(q.shape, q.dtype, q.device), _new(k.shape, k.dtype, k.device)
-    BH, BD2 = _np2(H, 1), _np2(D // 2, 1)
+    qo, ko = new(q.shape, q.dtype, q.device), new(k.shape, k.dtype, k.device)
+    BH, BD2 = np2(H, 1), np2(D // 2, 1)
     BR = max(1, min(16, 4096 // (BH * BD2)))
     _rotary_kernel[(triton.cdiv(NR, BR),)](q, k, qo, ko, cos_t, sin_t, NR, H, D, SIGN=sign, BR=BR, BH=BH,
                                            BD2=BD2, ACC=_acc(q.dtype))
@@ -210,7 +210,7 @@ class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g, u):
         g, u = g.contiguous(), u.contiguous()
-        y = _new(g.shape, g.dtype, g.device)
+        y = new(g.shape, g.dtype, g.device)
         N = g.numel()
         _swiglu_fwd_kernel[(triton.cdiv(N, _BLOCK),)](g, u, y, N, BLOCK=_BLOCK, ACC=_acc(g.dtype))
         ctx.save_for_backward(g, u)
@@ -221,7 +221,7 @@ class _SwiGLU(torch.autograd.Function):
         refuse_double_backward("swiglu (fused Triton kernel)", _FUSED_INSTEAD)
         g, u = ctx.saved_tensors
         dy = dy.contiguous()
-        dg, du = _new(g.shape, g.dtype, g.device), _new(u.shape, u.dtype, u.device)
+        dg, du = new(g.shape, g.dtype, g.device), new(u.shape, u.dtype, u.device)
         N = g.numel()
         _swiglu_bwd_kernel[(triton.cdiv(N, _BLOCK),)](g, u, dy, dg, du, N, BLOCK=_BLOCK, ACC=_acc(g.dtype))
         return dg, du

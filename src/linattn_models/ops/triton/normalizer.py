@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from ..validate import refuse_double_backward
-from . import _dummy, _new, _np2
+from .alloc import dummy, new, np2
 
 
 @triton.jit
@@ -88,7 +88,7 @@ def normalizer_bwd_kernel(q, k, z0, dden, dzT, dq, dk, dz0, cu_seqlens, T, H, K,
 def _launch_shape(q, cu_seqlens):
     B, T, H, K = q.shape
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    BK = _np2(K)
+    BK = np2(K)
     BT = max(16, min(64, 8192 // BK))
     return B, T, H, K, N, BK, BT
 
@@ -98,11 +98,11 @@ class _Normalizer(torch.autograd.Function):
     def forward(ctx, q, k, z0, scale, cu_seqlens):
         q, k = q.contiguous(), k.contiguous()
         B, T, H, K, N, BK, BT = _launch_shape(q, cu_seqlens)
-        den = _new((B, T, H), torch.float32, q.device)
-        zT = _new((N, H, K), torch.float32, q.device)
+        den = new((B, T, H), torch.float32, q.device)
+        zT = new((N, H, K), torch.float32, q.device)
         z0c = z0.to(torch.float32).contiguous() if z0 is not None else None
-        cu = cu_seqlens.to(torch.int64).contiguous() if cu_seqlens is not None else _dummy(q.device)
-        normalizer_fwd_kernel[(N, H)](q, k, z0c if z0 is not None else _dummy(q.device), den, zT, cu, T, H, K,
+        cu = cu_seqlens.to(torch.int64).contiguous() if cu_seqlens is not None else dummy(q.device)
+        normalizer_fwd_kernel[(N, H)](q, k, z0c if z0 is not None else dummy(q.device), den, zT, cu, T, H, K,
                                       scale, BT=BT, BK=BK, VARLEN=cu_seqlens is not None, HAS_Z0=z0 is not None)
         ctx.save_for_backward(q, k, z0c, cu if cu_seqlens is not None else None)
         ctx.scale, ctx.z0_dtype = scale, None if z0 is None else z0.dtype
@@ -113,13 +113,13 @@ class _Normalizer(torch.autograd.Function):
         refuse_double_backward("normalize_linear_attention on the Triton backend", "use backend='torch'")
         q, k, z0c, cu = ctx.saved_tensors
         B, T, H, K, N, BK, BT = _launch_shape(q, cu)
-        dq, dk = _new(q.shape, q.dtype, q.device), _new(k.shape, k.dtype, k.device)
-        dz0 = _new((N, H, K), torch.float32, q.device) if z0c is not None else None
-        dummy = _dummy(q.device)
+        dq, dk = new(q.shape, q.dtype, q.device), new(k.shape, k.dtype, k.device)
+        dz0 = new((N, H, K), torch.float32, q.device) if z0c is not None else None
+        none = dummy(q.device)
         dden = dden.contiguous() if dden is not None else torch.zeros((B, T, H), device=q.device)
         normalizer_bwd_kernel[(N, H)](
-            q, k, z0c if z0c is not None else dummy, dden, dzT.contiguous() if dzT is not None else dummy, dq, dk,
-            dz0 if dz0 is not None else dummy, cu if cu is not None else dummy, T, H, K, ctx.scale, BT=BT, BK=BK,
+            q, k, z0c if z0c is not None else none, dden, dzT.contiguous() if dzT is not None else none, dq, dk,
+            dz0 if dz0 is not None else none, cu if cu is not None else none, T, H, K, ctx.scale, BT=BT, BK=BK,
             VARLEN=cu is not None, HAS_Z0=z0c is not None, HAS_DZT=dzT is not None)
         return dq, dk, None if dz0 is None else dz0.to(ctx.z0_dtype), None, None
 

@@ -11,10 +11,13 @@ cumulative log gate and C the chunk's last valid row:
 All exponents are ≤ 0 (b decreases inside a chunk). Stored per global chunk index: buf[NT, H, K, V].
 Grid (K blocks, V blocks, N·H).
 """
+import torch
 import triton
 import triton.language as tl
 
-from .common import load_tile, seq_bounds
+from .alloc import cdiv, new
+
+from .common import GATE_HEAD, GATE_NONE, GATE_SCALAR, load_tile, seq_bounds
 
 
 @triton.jit
@@ -33,7 +36,7 @@ def chunk_state_kernel(x, y, gb, gh, h_init, buf, h_final, cu_seqlens, chunk_off
     if HAS_INIT:
         S += tl.load(h_init + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
     rt = tl.arange(0, BT)
-    if GATE == 1:
+    if GATE == GATE_HEAD:
         g_h = tl.load(gh + i_h).to(tl.float32)
     NT = tl.cdiv(L_seq, BT)
     for j in range(NT):
@@ -46,11 +49,11 @@ def chunk_state_kernel(x, y, gb, gh, h_init, buf, h_final, cu_seqlens, chunk_off
         tl.store(buf + ((c0 + c) * H + i_h) * K * V + o_kv, S.to(buf.dtype.element_ty), mask=m_kv)
         xt = load_tile(x, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # [BK, BT]
         yt = load_tile(y, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)  # [BT, BV]
-        if GATE == 0:
+        if GATE == GATE_NONE:
             if REVERSE:
                 xt = (xt * scale).to(xt.dtype)
-        elif GATE == 1 or GATE == 2:
-            if GATE == 1:
+        elif GATE == GATE_HEAD or GATE == GATE_SCALAR:
+            if GATE == GATE_HEAD:
                 b = (rt + 1).to(tl.float32) * g_h
                 b_C = L.to(tl.float32) * g_h
             else:
@@ -74,3 +77,18 @@ def chunk_state_kernel(x, y, gb, gh, h_init, buf, h_final, cu_seqlens, chunk_off
         S += tl.dot(xt, yt.to(xt.dtype), input_precision=DOT_PREC)
     if STORE_FINAL:
         tl.store(h_final + i_nh.to(tl.int64) * K * V + o_kv, S, mask=m_kv)
+
+
+def chunk_states(c, *, x, y, b, init, want_final, reverse):
+    """Queue the states pass (forward: x=k, y=v, init=h0; reverse: x=q, y=dO, init=dS_T). Returns (buf [NT, H, K,
+    V] in c.hdtype, the final state (dh0 when reverse) [N, H, K, V] fp32 or None)."""
+    cfg = c.cfg
+    buf = new((c.NT, c.H, c.K, c.V), c.hdtype, c.device)
+    final = new((c.N, c.H, c.K, c.V), torch.float32, c.device) if want_final else None
+    grid = (cdiv(c.K, cfg["BK_state"]), cdiv(c.V, cfg["BV_state"]), c.N * c.H)
+    c.plan.queue(chunk_state_kernel, grid, x=x, y=y, gb=b, gh=c.g_head, h_init=c.opt(init), buf=buf,
+                 h_final=c.opt(final), cu_seqlens=c.cu, chunk_offsets=c.chunk_offsets, scale=c.scale, T=c.T,
+                 H=c.H, K=c.K, V=c.V, BT=cfg["BT"], BK=cfg["BK_state"], BV=cfg["BV_state"], GATE=c.GATE,
+                 REVERSE=reverse, HAS_INIT=init is not None, STORE_FINAL=want_final, VARLEN=c.varlen,
+                 DOT_PREC=c.prec, **c.launch)
+    return buf, final

@@ -15,7 +15,7 @@ Cases meant to be refused (expected "refused"; none at present) must raise Value
 exit status 1 on any failure; JSON to --json (default $OUT/check_convert_fla_gpu.json when $OUT is set).
 One case's exception is reported and does not stop the others.
 
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl   # fla wheels (see GPU.md)
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl   # fla wheels (see docs/gpu.md)
     PYTHONPATH=/tmp/site:src python scripts/check_convert_fla_gpu.py                 # hidden 512, 6 layers
     PYTHONPATH=/tmp/site:src python scripts/check_convert_fla_gpu.py --size medium --cases gla,retnet
 """

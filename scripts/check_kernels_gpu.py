@@ -1,5 +1,5 @@
 """GPU check of the Triton kernels (ops/triton/): correctness vs the float64 reference and vs fla 0.6.0, a sweep of
-block sizes/warps (Triton 3.4-3.7.0 miscompiles some Hopper backward patterns: GPU.md), speed vs fla, first call.
+block sizes/warps (Triton 3.4-3.7.0 miscompiles some Hopper backward patterns: docs/gpu.md), speed vs fla, first call.
 
     PYTHONPATH=src python3 scripts/check_kernels_gpu.py --out $OUT              # everything (fla if importable)
     PYTHONPATH=src python3 scripts/check_kernels_gpu.py --sections correct,sweep
@@ -483,7 +483,7 @@ def main():
     ap.add_argument("--budget-s", type=float, default=520.0, help="stop starting new cases after this many s")
     ap.add_argument("--timing-T", type=int, nargs="+", default=[2048, 4096, 8192])
     ap.add_argument("--fla-families", nargs="+", default=["linear", "retention", "gla"],
-                    help="fla's chunk_simple_gla autotunes for minutes on its first backward (GPU.md): off by default")
+                    help="fla's chunk_simple_gla autotunes for minutes on its first backward (docs/gpu.md): off by default")
     ap.add_argument("--sweep-families", nargs="+", default=["linear", "simple_gla", "gla"])
     ap.add_argument("--sweep-D", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--families", nargs="+", default=FAMILIES, help="families of the 'correct' section")

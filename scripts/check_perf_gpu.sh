@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The issue-6 GPU measurements, one device call per step or per few steps (a call may run at most 600 s).
-# fla 0.6.0 wheels in .whl/ (../shared/GPU.md), carried. Still to run after 2026-11-27 (session 5): 4 (steps 1, 2,
+# fla 0.6.0 wheels in .whl/ (docs/gpu.md), carried. Still to run after 2026-11-27 (session 5): 4 (steps 1, 2,
 # 9, 10 and 11 ran that day).
 #   STEP=1  decode graphs: tests/test_decode_graph.py + scripts/check_decode_graph_gpu.py (~5 min)
 #   STEP=2  ops: GLA and simple GLA vs fla and SDPA, T 2K/4K/8K, D=128 (fla's chunk_gla autotunes per length:

@@ -50,7 +50,7 @@ def check(family, q, k, v, g, h0, mode="chunk", dtype=torch.float32, cu=None, fi
     """Kernels in `dtype` vs the float64 reference on the same (rounded) inputs.
 
     dg_scale: measure dg's error against the size of its summands, ‖q⊙dq‖ + ‖k⊙dk‖, instead of ‖dg‖. dg is a
-    reverse cumsum of q⊙dq − k⊙dk (KERNELS.md); under very strong gates the exact dg is ~e^(-30) while the
+    reverse cumsum of q⊙dq − k⊙dk (docs/math.md, 'Gate gradient'); under very strong gates the exact dg is ~e^(-30) while the
     summands are O(1) and cancel, so fp32 leaves an absolute error of ~1e-7 of the summands (as in fla).
     """
     q, k, v = (t.to(DEVICE, dtype) for t in (q, k, v))

@@ -5,7 +5,7 @@ Per sequence and head, with log gate g_t (None: no decay; [.., H]: one per head;
     S_t = diag(exp(g_t)) S_{t-1} + k_tᵀ v_t,    o_t = scale · q_t S_t,    S_0 = initial_state
 
 `recurrent` runs that definition token by token. `chunked` computes the same thing a chunk of C tokens at
-a time (DESIGN.md / KERNELS.md): with b the cumulative log gate inside a chunk,
+a time (docs/math.md, 'Chunked forward'): with b the cumulative log gate inside a chunk,
 
     o_i = scale (q_i ⊙ exp(b_i)) S_0 + scale Σ_{j≤i} (q_i · (k_j ⊙ exp(b_i − b_j))) v_j
     S_C = diag(exp(b_C)) S_0 + Σ_j (k_j ⊙ exp(b_C − b_j))ᵀ v_j

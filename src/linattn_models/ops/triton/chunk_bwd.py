@@ -1,4 +1,4 @@
-"""Chunked backward, the parallel part (KERNELS.md). Per chunk, with S_0 its entering state, dS_C the gradient of
+"""Chunked backward, the parallel part (docs/math.md). Per chunk, with S_0 its entering state, dS_C the gradient of
 its leaving state (both from states.py), b the chunk-local cumulative log gate, s the scale, A as in chunk_fwd.py:
 
     dA_ij = s (dO_i · v_j)  for j ≤ i, else 0
@@ -9,7 +9,7 @@ its leaving state (both from states.py), b the chunk-local cumulative log gate, 
 The gate gradient follows from the full dq, dk (chunk_dqk_kernel for the vector gate, common.gate_grad_kernel
 for the scalar one). For gates none/head/scalar the intra
 sums are two matmuls with the masked factor e^{b_i − b_j} on chip; transposed products are computed from loaded
-operands (dAᵀ = V dOᵀ, Aᵀ = K Qᵀ), never by transposing a dot result (a Hopper miscompile, GPU.md). For the vector
+operands (dAᵀ = V dOᵀ, Aᵀ = K Qᵀ), never by transposing a dot result (a Hopper miscompile, docs/gpu.md). For the vector
 gate, `chunk_vector_dA_kernel` stores dA and `chunk_vector_intra_bwd_kernel` forms the intra sums in sub-chunks
 of BC rows, rebased on a row between i and j:
     dq_i += e^{b_i − b_p} ⊙ Σ_{j≤p} dA_ij (k_j ⊙ e^{b_p − b_j})      p = last row before i's sub-chunk

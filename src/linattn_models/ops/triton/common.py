@@ -8,7 +8,7 @@
   the key dim (the scalar gate; the vector gate's is finished in chunk_bwd.chunk_dqk_kernel). The recurrence
   S_t = diag(e^{g_t}) S_{t−1} + k_tᵀv_t gives
   dg_t = rowsum(diag(e^{g_t}) S_{t−1} ⊙ dS_t) = q_t⊙dq_t − k_t⊙dk_t + dg_{t+1}; stopping the sum at the chunk's
-  end C adds rowsum(S_C ⊙ dS_C), dS_C the gradient reaching the state leaving the chunk. KERNELS.md sums to the
+  end C adds rowsum(S_C ⊙ dS_C), dS_C the gradient reaching the state leaving the chunk. docs/math.md sums to the
   sequence's end instead (one constant rowsum(S_T ⊙ dS_T)); that is exact too, but the summands' rounding then
   accumulates over the whole sequence: measured in bf16 on an H100, dg's error grew from 1.5e-2 (T=2K) to 5.7e-2
   (T=16K). Per chunk it stays at the level of dq, dk.

@@ -153,3 +153,25 @@ def test_recompute_supports_double_backward():
         res.append(torch.autograd.grad(gx.square().sum() + gw.sin().sum(), (x, lin.weight)))
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_environment_variables_in_one_place(monkeypatch):
+    """env.py lists every LINATTN_* variable the package reads, the README's table documents each, and a value the
+    parser does not understand is an error naming the variable."""
+    import pathlib
+    import re
+
+    from linattn_models import env
+    root = pathlib.Path(__file__).resolve().parents[1]
+    read = set()
+    for path in (root / "src" / "linattn_models").rglob("*.py"):
+        read |= set(re.findall(r"LINATTN_[A-Z_]+", path.read_text()))
+    assert read == set(env.VARIABLES), read ^ set(env.VARIABLES)
+    readme = (root / "README.md").read_text()
+    assert all(f"| `{name}` |" in readme for name in env.VARIABLES)
+    monkeypatch.setenv("LINATTN_FUSED", "maybe")
+    with pytest.raises(ValueError, match="LINATTN_FUSED"):
+        env.flag("LINATTN_FUSED")
+    for src in (root / "src" / "linattn_models").rglob("*.py"):
+        if src.name != "env.py":
+            assert "os.environ.get(\"LINATTN" not in src.read_text(), src

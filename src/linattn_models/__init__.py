@@ -11,26 +11,19 @@ __version__ = "0.1.0"
 
 import os as _os
 
+from ._lazy import lazy_exports  # noqa: E402
 from . import ops  # noqa: E402,F401
 from . import models  # noqa: E402,F401  (registers the model types)
 from .models import GLAConfig, LinearTransformerConfig, RetNetConfig  # noqa: E402,F401
 
-_LAZY = ("LinearAttentionCache", "LinearTransformerModel", "LinearTransformerForCausalLM",
-         "LinearTransformerForSequenceClassification", "RetNetModel", "RetNetForCausalLM",
-         "RetNetForSequenceClassification", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification")
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(models, name)
-    if name == "convert_fla":  # lazily, so that `python -m linattn_models.convert` runs the module fresh
-        from .convert import convert_fla
-        return convert_fla
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | {"convert_fla"})
+# the model classes and the converter load on first access (_lazy.py says why); `convert` lazily also so that
+# `python -m linattn_models.convert` runs that module fresh
+_LAZY = {name: ".models" for name in (
+    "LinearAttentionCache", "LinearTransformerModel", "LinearTransformerForCausalLM",
+    "LinearTransformerForSequenceClassification", "RetNetModel", "RetNetForCausalLM",
+    "RetNetForSequenceClassification", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification")}
+_LAZY["convert_fla"] = ".convert"
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 def configs_path(arch=None, size=None):

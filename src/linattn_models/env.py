@@ -14,6 +14,8 @@ VARIABLES = {
     "LINATTN_DECODE_GRAPH": ("1", "0 turns the CUDA-graph decode step off (eager decoding)"),
     "LINATTN_PARALLEL_COMPILE": ("1", "0 compiles each Triton kernel at its first launch, one by one "
                                       "(import time)"),
+    "LINATTN_NO_DATASETS": ("0", "1 makes the training CLI read its data without the datasets package (the in-memory "
+                                 "fallback of a minimal GPU image; tests)"),
     "LINATTN_TRITON_POISON": ("0", "1 NaN-fills every kernel output and scratch buffer before the kernels run, "
                                    "so unwritten memory shows (import time; tests)"),
 }

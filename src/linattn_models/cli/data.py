@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator
 
+from linattn_models import env
 from linattn_models.cli import UsageError
 
 # Directories of the standard library that are not part of the corpus.
@@ -22,7 +23,7 @@ _MAX_FILE_BYTES = 1_000_000  # skip huge generated files
 
 
 def have_datasets() -> bool:
-    if os.environ.get("LINATTN_NO_DATASETS"):  # for testing the fallback
+    if env.flag("LINATTN_NO_DATASETS"):  # for testing the fallback
         return False
     try:
         import datasets  # noqa: F401

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ..modules import ShortConvolution, linear_recomputing_input
 from ..ops.fused import rms_norm
 from ..ops.reference import compute_dtype
+from ..ops.validate import ATTN_MODES
 
-ATTN_MODES = ("auto", "chunk", "recurrent")
 
 
 @dataclass

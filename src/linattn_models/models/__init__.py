@@ -15,14 +15,14 @@ Usage (transformers 5.17 and 5.24):
     model.set_attn_mode("recurrent")  # or "chunk"; "auto" (default) picks recurrent for <= 32 tokens
 
 Registration is cheap: the configs are registered as classes, the model classes as stand-ins that import the
-modeling code on first use (then the real classes replace them in the Auto mappings). Importing the modeling
-code imports transformers.modeling_utils -> torch._dynamo -> triton, which `import linattn_models` must not
-do (Triton's interpreter has to be switchable on before triton is first imported).
+modeling code on first use (then the real classes replace them in the Auto mappings): linattn_models/_lazy.py
+says why.
 """
 import importlib
 import sys
 import warnings
 
+from .._lazy import lazy_exports
 from .common import LinAttnConfig
 from .gla import GLAConfig
 from .linear_transformer import LinearTransformerConfig
@@ -120,11 +120,6 @@ __all__ = ["CONFIGS", "REGISTERED_MODEL_TYPES", "model_classes", "register_all",
            "LinearAttentionCache", "LinearTransformerConfig", "RetNetConfig", "GLAConfig", *_MODEL_NAMES]
 
 
-def __getattr__(name):
-    if name in _MODEL_NAMES:
-        register_all(materialize=True)
-        return getattr(importlib.import_module(f".{_MODEL_NAMES[name]}", __name__), name)
-    if name == "LinearAttentionCache":
-        from .common.cache import LinearAttentionCache
-        return LinearAttentionCache
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_LAZY = {name: f".{arch}" for name, arch in _MODEL_NAMES.items()}
+_LAZY["LinearAttentionCache"] = ".common.cache"
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, before=lambda: register_all(materialize=True))

@@ -10,6 +10,8 @@ from .. import env
 from .reference import compute_dtype
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# the ops' `mode` values; the layers' and configs' attn_mode take the same
+ATTN_MODES = ("auto", "chunk", "recurrent")
 
 
 def values_checked(t: torch.Tensor) -> bool:
@@ -93,7 +95,7 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
         raise ValueError(f"all tensors must be on one device, got {', '.join(f'{n}: {d}' for n, d in devices.items())}")
     if scale is not None and not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if mode not in ("auto", "chunk", "recurrent"):
+    if mode not in ATTN_MODES:
         raise ValueError(f"mode must be 'auto', 'chunk' or 'recurrent', got {mode!r}")
     if cu_seqlens is not None and values_checked(cu_seqlens):
         c = cu_seqlens.tolist()

@@ -1,10 +1,7 @@
 """Shared model code: config base, cache, decoder block and the generic model heads.
 
-Only the config is imported eagerly: the modeling code imports transformers.modeling_utils, which imports
-torch._dynamo and thereby triton, and `import linattn_models` must not (Triton's interpreter must be
-switchable on before triton is first imported). The rest loads on first access."""
-import importlib
-
+Only the config is imported eagerly; the rest loads on first access (linattn_models/_lazy.py says why)."""
+from ..._lazy import lazy_exports
 from .compat import CACHE_OUTPUT_NAME
 from .configuration_common import LinAttnConfig
 
@@ -19,9 +16,4 @@ _LAZY = {
 }
 
 __all__ = ["CACHE_OUTPUT_NAME", "LinAttnConfig", *_LAZY]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -15,8 +15,9 @@ import os
 
 from transformers import PreTrainedConfig
 
+from ...ops.validate import ATTN_MODES
+
 SHIM_MODULE = "linattn_shim"
-ATTN_MODES = ("auto", "chunk", "recurrent")
 # flash-linear-attention's model types for the same architectures: their checkpoints need a conversion
 FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn")
 # sizes derived from others when None: stored as None and computed on read (see __getattribute__)

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutp
 from transformers.utils import logging
 
 from ...layers import Padding, TokenMixer
-from ...layers.common import ATTN_MODES
+from ...ops.validate import ATTN_MODES
 from ...modules import GatedMLP, LearnableFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
 from ...ops.fused import cross_entropy_sum
 from ...ops.validate import values_checked

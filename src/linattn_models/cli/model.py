@@ -12,6 +12,7 @@ def _repo_config_dirs() -> list[Path]:
 
 
 def resolve_config_path(arch: str, size: str) -> Path:
+    """``configs/<arch>/<size>.json``, from the package, the checkout, or the current directory."""
     for d in _repo_config_dirs():
         for name in (f"{size}.json", f"{size.lower()}.json"):
             p = d / arch / name

@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def plot_losses(log_history, path: Path, baseline: float | None, title: str) -> None:
+    """The train and eval losses of ``log_history`` against the step, with the baseline, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,6 +35,7 @@ def plot_losses(log_history, path: Path, baseline: float | None, title: str) -> 
 
 
 def generate_sample(model, tokenizer, prompt: str, max_new_tokens: int, seed: int = 0) -> str:
+    """A seeded sample (temperature 0.8, top-k 40) continuing ``prompt``; leaves the model's mode as it was."""
     import torch
 
     was_training = model.training
@@ -101,6 +103,7 @@ def write_report(results: dict, args, trainer, tokenizer, *, baseline: float, ev
 
 def print_summary(results: dict, out_dir: Path, *, prompt: str, eval_loss: float, baseline: float,
                   train_time: float) -> None:
+    """The lines printed last: times and throughput, eval loss against the baseline, where things are."""
     print("\n" + "=" * 78)
     print(f"done in {results['total_time_s']:.0f}s (training {train_time:.0f}s, {results['steps']} steps, "
           f"{results['train_tokens_seen'] / 1e6:.2f} M tokens; {results['train_tokens_per_s']:.0f} tokens/s overall, "

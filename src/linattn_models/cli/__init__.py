@@ -1,4 +1,9 @@
-"""Command-line entry points (``linattn-train``, ``linattn-generate``) and their data helpers.
+"""Command-line entry points (``linattn-train``, ``linattn-generate``) and their parts.
+
+``train.py`` runs the steps of a training run; the parts are in ``args.py`` (parser, checks), ``model.py``
+(config, model), ``data.py`` (documents, packed blocks), ``rundir.py`` (output-dir rules, lock, checkpoint
+markers), ``trainer.py`` (TrainingArguments, Trainer subclass, callbacks) and ``report.py`` (results.json,
+loss curve, sample).
 
 The thin ``scripts/*.py`` wrappers and the console commands installed by setup.py both call ``main()``
 of the modules here.

@@ -4,11 +4,14 @@ Everything here works offline: the default corpus is gathered at run time from t
 library directory, and user data comes from local text / JSONL files read through ``datasets``.
 Where ``datasets`` is not installed (a minimal GPU image, say), a small in-memory fallback (``Table``)
 serves the default corpus and text / JSONL files, so the training script still runs.
+``training_blocks`` is the training script's data step: documents -> packed blocks, and their unigram baseline.
 """
 from __future__ import annotations
 
+import math
 import os
 import sysconfig
+import time
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -321,3 +324,66 @@ def pack_dataset(ds, tokenizer, block_size: int, num_proc: int | None = None, de
     ds = ds.map(tok, batched=True, remove_columns=cols, num_proc=num_proc, desc=f"Tokenizing {desc}")
     ds = ds.map(group, batched=True, batch_size=1000, num_proc=num_proc, desc=f"Packing {desc} into blocks of {block_size}")
     return ds
+
+
+def unigram_baseline(train_ds, eval_ds, vocab_size: int) -> tuple[float, int]:
+    """Cross-entropy (nats/token) of the eval tokens under the unigram distribution of the train tokens
+    (add-one smoothed): what a model that ignores context would score. Returns (entropy, train tokens)."""
+    import numpy as np
+
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    n_train = 0
+    for batch in train_ds.iter(batch_size=2048):
+        a = np.asarray(batch["input_ids"], dtype=np.int64).ravel()
+        counts += np.bincount(a, minlength=vocab_size)[:vocab_size]
+        n_train += a.size
+    logp = np.log((counts + 1.0) / (counts.sum() + vocab_size))
+    total, n = 0.0, 0
+    for batch in eval_ds.iter(batch_size=2048):
+        a = np.asarray(batch["input_ids"], dtype=np.int64)[:, 1:].ravel()  # the positions the model predicts
+        total += -logp[a].sum()
+        n += a.size
+    return total / max(n, 1), n_train
+
+
+def _documents(args, train_files, eval_files):
+    """The train and eval documents: --data (with --eval-data, or a held-out --eval-fraction of it), else
+    the standard library source. Returns (train, eval, what they are)."""
+    if args.data:
+        raw_train = load_local_dataset(train_files, args.text_field, args.sample_by, "--data")
+        if args.eval_data:
+            raw_eval = load_local_dataset(eval_files, args.text_field, args.sample_by, "--eval-data")
+        else:
+            if len(raw_train) < 2:
+                raise UsageError(f"--data has {len(raw_train)} document(s), need at least 2 to hold out an eval "
+                                 "split: pass --eval-data, or --sample-by line/paragraph")
+            split = raw_train.train_test_split(test_size=args.eval_fraction, seed=args.seed)
+            raw_train, raw_eval = split["train"], split["test"]
+        return raw_train, raw_eval, f"local files {args.data}"
+    dd = stdlib_datasets()
+    raw_train, raw_eval = dd["train"].select_columns(["text"]), dd["validation"].select_columns(["text"])
+    return raw_train, raw_eval, "the Python standard library source (built-in default, held-out files for eval)"
+
+
+def training_blocks(args, train_files, eval_files, tokenizer, say):
+    """The data step: load the documents, pack them into --block-size blocks (at most --max-eval-blocks for
+    eval), and print their sizes and the unigram baseline. Returns (train blocks, eval blocks, baseline)."""
+    data_t0 = time.time()
+    raw_train, raw_eval, data_desc = _documents(args, train_files, eval_files)
+    if args.max_train_docs:
+        raw_train = raw_train.select(range(min(args.max_train_docs, len(raw_train))))
+    train_ds = pack_dataset(raw_train, tokenizer, args.block_size, args.num_proc, "train")
+    eval_ds = pack_dataset(raw_eval, tokenizer, args.block_size, args.num_proc, "eval")
+    if len(eval_ds) == 0 or len(train_ds) == 0:
+        raise UsageError(f"--block-size {args.block_size}: not enough text for one block of that many tokens "
+                         f"(train blocks {len(train_ds)}, eval blocks {len(eval_ds)}); lower --block-size")
+    if args.max_eval_blocks and len(eval_ds) > args.max_eval_blocks:
+        # an evenly spread subset, the same one at every evaluation
+        step = len(eval_ds) / args.max_eval_blocks
+        eval_ds = eval_ds.select([int(i * step) for i in range(args.max_eval_blocks)])
+    baseline, n_train_tokens = unigram_baseline(train_ds, eval_ds, len(tokenizer))
+    say(f"data: {data_desc}\n  train: {len(raw_train)} docs -> {len(train_ds)} blocks x {args.block_size} "
+        f"= {n_train_tokens / 1e6:.2f} M tokens\n  eval:  {len(raw_eval)} docs -> {len(eval_ds)} blocks used "
+        f"({time.time() - data_t0:.1f}s)\n  unigram baseline on the eval tokens: {baseline:.3f} nats/token "
+        f"(perplexity {math.exp(baseline):.1f})")
+    return train_ds, eval_ds, baseline

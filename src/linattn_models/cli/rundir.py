@@ -264,64 +264,23 @@ def prepare_output_dir(out_dir, *, overwrite: bool, resume: str | None, default_
     resume_from = None
     todo: list[Callable[[], None]] = []
     if resume:
-        if resume == "auto":
-            resume_from = last_complete_checkpoint(out, warn)
-            if resume_from is None:
-                models = [n for n in MODEL_FILES if (out / n).exists()]
-                if models:
-                    raise RunDirError(
-                        f"--resume: no complete checkpoint in --output-dir {out} to resume from, but it holds "
-                        f"a trained model ({', '.join(models)}); pass --overwrite instead to start a new run there")
-                say(f"--resume: no complete checkpoint in {out}, starting fresh")
-        else:
-            resume_from = Path(resume)
-            if not is_complete(resume_from):
-                warn(f"--resume {resume_from}: no completion marker (cut short while being written, or written "
-                     "by an older linattn-train); trying it anyway")
+        resume_from = _resume_checkpoint(out, resume, say, warn)
         run_id = (checkpoint_info(resume_from) or {}).get("run_id") if resume_from else None
         run_id = run_id or run.get("run_id") or new_run_id()
     elif not contents:
         run_id = new_run_id()
     elif overwrite:
-        old = checkpoints(out)
-        dest = out / PREVIOUS_DIR / (run.get("run_id") or ("unknown-" + new_run_id()))
-
-        def move_aside():
-            if not old:
-                say(f"--overwrite: replacing the run in {out}")
-                return
-            dest.mkdir(parents=True, exist_ok=True)
-            for _, p in old:
-                target = dest / p.name
-                if target.exists():
-                    target = dest / f"{p.name}-{uuid.uuid4().hex[:6]}"
-                os.replace(p, target)
-            say(f"--overwrite: moved the {len(old)} checkpoint(s) of the run that was in {out} "
-                f"({', '.join(p.name for _, p in old)}) to {dest}/ (never deleted: remove them when no longer "
-                "needed); its final model files are replaced at the end of this run")
-
-        todo.append(move_aside)
+        todo.append(_move_aside(out, run, say))
+        run_id = new_run_id()
+    elif default_job and _holds_default_run(out, run):
+        todo.append(_replace_default_run(out, say))
         run_id = new_run_id()
     else:
-        old = checkpoints(out)
-        prev_id = run.get("run_id")
-        if default_job and run.get("default_job") and prev_id and all(
-                (checkpoint_info(p) or {}).get("run_id") == prev_id for _, p in old):
-            def replace_default_run():
-                for _, p in old:
-                    shutil.rmtree(p)
-                say(f"{out} holds the previous run of the built-in default job: replacing it"
-                    + (f" (its checkpoints {', '.join(p.name for _, p in old)} are deleted)" if old else "")
-                    + "; pass --output-dir to keep a run")
-
-            todo.append(replace_default_run)
-            run_id = new_run_id()
-        else:
-            shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
-            raise RunDirError(
-                f"--output-dir {out} already holds a training run ({shown}): pass --overwrite to replace it "
-                f"(its checkpoints are kept, moved to {out / PREVIOUS_DIR}/), or --resume to continue it, or "
-                "pick another --output-dir")
+        shown = ", ".join(contents[:5]) + (", ..." if len(contents) > 5 else "")
+        raise RunDirError(
+            f"--output-dir {out} already holds a training run ({shown}): pass --overwrite to replace it "
+            f"(its checkpoints are kept, moved to {out / PREVIOUS_DIR}/), or --resume to continue it, or "
+            "pick another --output-dir")
 
     def apply():
         for f in todo:
@@ -333,3 +292,66 @@ def prepare_output_dir(out_dir, *, overwrite: bool, resume: str | None, default_
             "resumed_from": str(resume_from) if resume_from else None, "argv": list(argv or [])})
 
     return run_id, resume_from, apply
+
+
+def _resume_checkpoint(out: Path, resume: str, say, warn) -> Path | None:
+    """The checkpoint --resume continues from: the last complete one in ``out`` ("auto"), or the path
+    given; None (start fresh) when ``out`` has none and no trained model either."""
+    if resume != "auto":
+        resume_from = Path(resume)
+        if not is_complete(resume_from):
+            warn(f"--resume {resume_from}: no completion marker (cut short while being written, or written "
+                 "by an older linattn-train); trying it anyway")
+        return resume_from
+    resume_from = last_complete_checkpoint(out, warn)
+    if resume_from is None:
+        models = [n for n in MODEL_FILES if (out / n).exists()]
+        if models:
+            raise RunDirError(
+                f"--resume: no complete checkpoint in --output-dir {out} to resume from, but it holds "
+                f"a trained model ({', '.join(models)}); pass --overwrite instead to start a new run there")
+        say(f"--resume: no complete checkpoint in {out}, starting fresh")
+    return resume_from
+
+
+def _move_aside(out: Path, run: dict, say) -> Callable[[], None]:
+    """--overwrite: what moves the checkpoints there now to previous-checkpoints/<their run id>/."""
+    old = checkpoints(out)
+    dest = out / PREVIOUS_DIR / (run.get("run_id") or ("unknown-" + new_run_id()))
+
+    def move_aside():
+        if not old:
+            say(f"--overwrite: replacing the run in {out}")
+            return
+        dest.mkdir(parents=True, exist_ok=True)
+        for _, p in old:
+            target = dest / p.name
+            if target.exists():
+                target = dest / f"{p.name}-{uuid.uuid4().hex[:6]}"
+            os.replace(p, target)
+        say(f"--overwrite: moved the {len(old)} checkpoint(s) of the run that was in {out} "
+            f"({', '.join(p.name for _, p in old)}) to {dest}/ (never deleted: remove them when no longer "
+            "needed); its final model files are replaced at the end of this run")
+
+    return move_aside
+
+
+def _holds_default_run(out: Path, run: dict) -> bool:
+    """Whether ``out`` holds a run of the built-in default job, all of whose checkpoints are its own."""
+    prev_id = run.get("run_id")
+    return bool(run.get("default_job") and prev_id and all(
+        (checkpoint_info(p) or {}).get("run_id") == prev_id for _, p in checkpoints(out)))
+
+
+def _replace_default_run(out: Path, say) -> Callable[[], None]:
+    """The built-in default job: what deletes its previous run's checkpoints."""
+    old = checkpoints(out)
+
+    def replace_default_run():
+        for _, p in old:
+            shutil.rmtree(p)
+        say(f"{out} holds the previous run of the built-in default job: replacing it"
+            + (f" (its checkpoints {', '.join(p.name for _, p in old)} are deleted)" if old else "")
+            + "; pass --output-dir to keep a run")
+
+    return replace_default_run

@@ -29,9 +29,11 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 def configs_path(arch=None, size=None):
     """Directory of the shipped model configs (configs/<arch>/<size>.json), or one file's path.
 
-    Looks in the installed package data first (linattn_models/configs), then in the source checkout."""
+    Looks in the installed package data first (linattn_models/configs), then in the source checkout, then in
+    ./configs. The one config lookup of the package (the training CLI's --arch/--size use it)."""
     here = _os.path.dirname(_os.path.abspath(__file__))
-    candidates = [_os.path.join(here, "configs"), _os.path.join(here, _os.pardir, _os.pardir, "configs")]
+    candidates = [_os.path.join(here, "configs"), _os.path.join(here, _os.pardir, _os.pardir, "configs"),
+                  _os.path.join(_os.getcwd(), "configs")]
     for root in candidates:
         root = _os.path.normpath(root)
         if _os.path.isdir(_os.path.join(root, "gla")):

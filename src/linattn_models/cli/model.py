@@ -6,21 +6,14 @@ import json
 from pathlib import Path
 
 
-def _repo_config_dirs() -> list[Path]:
-    pkg = Path(__file__).resolve().parents[1]  # src/linattn_models
-    return [pkg / "configs", pkg.parents[1] / "configs", Path.cwd() / "configs"]
-
-
 def resolve_config_path(arch: str, size: str) -> Path:
-    """``configs/<arch>/<size>.json``, from the package, the checkout, or the current directory."""
-    for d in _repo_config_dirs():
-        for name in (f"{size}.json", f"{size.lower()}.json"):
-            p = d / arch / name
-            if p.is_file():
-                return p
-    raise FileNotFoundError(
-        f"no config for --arch {arch} --size {size} (looked in {[str(d) for d in _repo_config_dirs()]}); "
-        "pass --config path/to/config.json")
+    """``configs/<arch>/<size>.json`` through linattn_models.configs_path (package, checkout, ./configs)."""
+    import linattn_models
+    try:
+        return Path(linattn_models.configs_path(arch, size.lower()))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"no config for --arch {arch} --size {size} ({e}); "
+                                "pass --config path/to/config.json") from None
 
 
 def _parse_value(v: str):

@@ -156,7 +156,7 @@ def check_case(tag, family, dtype_name, B, T, H, K, V, strength=1.0, lens=None, 
     d = lambda x: None if x is None else x.double()  # noqa: E731
     ref = forward_backward(reference_fn(family), d(q), d(k), d(v), d(g), d(h0), cu)
     dg_scale = None
-    if strength > 2 and "dg" in ref:  # dg's summands cancel under strong gates: see tests/test_triton_kernels.py
+    if strength > 2 and "dg" in ref:  # dg's summands cancel under strong gates: see tests/ops/test_triton_kernels.py
         qdq, kdk = q.double() * ref["dq"], k.double() * ref["dk"]
         if g.ndim == 3:
             qdq, kdk = qdq.sum(-1), kdk.sum(-1)

@@ -5,8 +5,12 @@ interpreter on CPU). `gpu_only` / `cpu_only` mark tests that need one setting, w
 Per-dtype tolerances (‖Δ‖/‖ref‖ against float64) as scripts/check_kernels_gpu.py uses them on the GPU; the
 interpreter computes fp32 dots in ieee and cannot run bf16 (its bf16 results are garbage), so bf16 is GPU-only.
 """
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: src/, scripts/, configs/
 
 DEVICE = torch.device("cpu")
 ON_GPU = False

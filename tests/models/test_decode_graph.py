@@ -10,35 +10,16 @@ import pickle
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
-import linattn_models
+
 from devices import DEVICE, gpu_only
-from linattn_models.models import CONFIGS, LinearAttentionCache
+from linattn_models.models import LinearAttentionCache
 from linattn_models.models.common import CACHE_OUTPUT_NAME
 from linattn_models.models.common.decode_graph import ENV_VAR, _StepGraph
 from linattn_models.ops import resolve_backend
+from model_tester import ARCHS, ids, make_model
 
-ARCHS = list(CONFIGS)
-VOCAB = 256
 cuda = gpu_only("CUDA graphs")
-
-
-def make_model(arch, device="cpu", dtype=torch.float32, seed=0):
-    cfg = AutoConfig.from_pretrained(linattn_models.configs_path(arch, "tiny"))
-    cfg.vocab_size = VOCAB
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():  # larger weights than the init, so tokens differ between positions
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and "embed" not in name:
-                p.normal_(0, 0.1)
-    model.generation_config.eos_token_id = None  # no early stop
-    return model.to(device=device, dtype=dtype).eval()
-
-
-def ids(*shape, seed=1, device="cpu"):
-    return torch.randint(3, VOCAB, shape, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def prefilled(model, x):

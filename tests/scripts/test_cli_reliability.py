@@ -21,7 +21,7 @@ from linattn_models.cli import rundir
 from linattn_models.cli import train as train_cli
 from linattn_models.cli.data import DataFileError, load_local_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+from devices import ROOT  # noqa: E402
 # A few CPU steps in a second or two: a tiny Llama (any causal LM works with the script), tiny blocks.
 FAST = ["--max-steps", "2", "--block-size", "16", "--batch-size", "2", "--eval-steps", "100", "--save-steps", "1",
         "--logging-steps", "1", "--max-eval-blocks", "2", "--sample-tokens", "0", "--warmup-steps", "0",

@@ -7,6 +7,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import linattn_models
 import linattn_models.modules.recompute as rc
 from linattn_models.modules import linear_recomputing_input
+from model_tester import ARCHS
 
 
 def _grads(model, x, autocast=False):
@@ -17,7 +18,7 @@ def _grads(model, x, autocast=False):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("arch", ["retnet", "gla", "linear_transformer"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("autocast", [False, True])
 def test_models_same_gradients_with_and_without_recompute(arch, autocast, monkeypatch):
     """Every parameter's gradient (the gated norm's weight, passed as an input, included) equals the plain

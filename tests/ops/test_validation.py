@@ -105,7 +105,6 @@ def test_float32_state_for_float64_inputs():
 def _triton_ops_to_second_order():
     """(name, fn(x) -> output) for every custom autograd op whose backward runs kernels."""
     from linattn_models.ops import fused
-    from linattn_models.models.common.modeling_common import causal_lm_loss  # noqa: F401 (the loss path)
 
     def att(name):
         def f(x):
@@ -158,11 +157,10 @@ def test_recompute_supports_double_backward():
 def test_environment_variables_in_one_place(monkeypatch):
     """env.py lists every LINATTN_* variable the package reads, the README's table documents each, and a value the
     parser does not understand is an error naming the variable."""
-    import pathlib
     import re
 
     from linattn_models import env
-    root = pathlib.Path(__file__).resolve().parents[1]
+    from devices import ROOT as root
     read = set()
     for path in (root / "src" / "linattn_models").rglob("*.py"):
         read |= set(re.findall(r"LINATTN_[A-Z_]+", path.read_text()))

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import linattn_models
+from devices import ROOT
 from linattn_models import GLAConfig, RetNetConfig
 
 H, D, L, VOCAB = 2, 64, 2, 100  # heads, hidden size, layers, vocab
@@ -314,7 +315,7 @@ def test_auto_loading_an_fla_dir_says_convert(tmp_path):
 
 
 def test_cli(tmp_path, monkeypatch, capsys):
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "convert_fla.py")
+    script = str(ROOT / "scripts" / "convert_fla.py")
     src, _, _ = write_fla(tmp_path / "fla", "linear_attn")
 
     def run(*args):

@@ -18,7 +18,7 @@ import linattn_models  # noqa: F401  (registers the model types)
 from linattn_models.cli import generate as gen_cli
 from linattn_models.cli import train as train_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+from devices import ROOT  # noqa: E402
 
 # Small enough for a few CPU steps in seconds.
 TINY = ["--set", "hidden_size=64", "--set", "num_hidden_layers=2", "--set", "num_heads=2",

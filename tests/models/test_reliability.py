@@ -9,9 +9,10 @@ import linattn_models
 from devices import DEVICE
 from linattn_models import ops
 from linattn_models.models.common import CACHE_OUTPUT_NAME
+from model_tester import ARCHS
 
 
-@pytest.fixture(scope="module", params=["linear_transformer", "retnet", "gla"])
+@pytest.fixture(scope="module", params=ARCHS)
 def model(request):
     torch.manual_seed(0)
     cfg = AutoConfig.from_pretrained(linattn_models.configs_path(request.param, "tiny"))
@@ -75,7 +76,7 @@ def test_bad_model_inputs(model):
         model.generate(x[:1], cache=cache, max_new_tokens=2)
 
 
-@pytest.mark.parametrize("arch", ["linear_transformer", "retnet", "gla"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("field,value,match", [
     ("hidden_size", 0, "hidden_size must be a positive integer, got 0"),
     ("hidden_size", -64, "hidden_size must be a positive integer, got -64"),

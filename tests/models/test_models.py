@@ -12,31 +12,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 import linattn_models
 from linattn_models.models import CONFIGS, LinearAttentionCache, model_classes, register_all
 from linattn_models.models.common import CACHE_OUTPUT_NAME
+from devices import ROOT
+from model_tester import ARCHS, VOCAB, make_model, tiny_config
 
-ARCHS = list(CONFIGS)
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-VOCAB = 256
-
-
-def tiny_config(arch, **overrides):
-    cfg = AutoConfig.from_pretrained(linattn_models.configs_path(arch, "tiny"))
-    cfg.vocab_size = VOCAB
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
-def make_model(arch, seed=0, **overrides):
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides))
-    # larger random weights than the init, so that tokens actually differ between positions
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 2 and "embed" not in name:
-                p.normal_(0, 0.1)
-    # no early stop at EOS, so that generate can be compared with plain argmax loops
-    model.generation_config.eos_token_id = None
-    return model.eval()
+SRC = str(ROOT / "src")
 
 
 def ids(*shape, seed=1):

@@ -45,6 +45,31 @@ class FlaCheckpointConfig(PreTrainedConfig):
 
 
 class LinAttnConfig(PreTrainedConfig):
+    """The fields every architecture shares (a transformers config: `from_pretrained`, `save_pretrained`,
+    `AutoConfig.for_model(model_type, **fields)`).
+
+    Args:
+        vocab_size, hidden_size, num_hidden_layers: the usual sizes (each > 0).
+        num_heads: heads of the token mixer; must divide hidden_size (alias num_attention_heads).
+        head_k_dim, head_v_dim: per-head key / value widths; None derives hidden_size * expand_k (expand_v) /
+            num_heads when read, so overriding hidden_size or num_heads re-derives them.
+        expand_k, expand_v: the key / value width relative to hidden_size when the head dims are derived.
+        intermediate_size: the gated MLP's width; None derives about 8/3 hidden_size (rounded up to 256).
+        hidden_act: the MLP's activation ("silu": SwiGLU).
+        use_short_conv, conv_size: a short causal depthwise conv (with SiLU) on q, k, v, of `conv_size` taps.
+        attn_mode: "auto" (recurrent up to 32 tokens, else chunked), "chunk" or "recurrent".
+        rms_norm_eps: epsilon of every RMSNorm (> 0).
+        initializer_range: std of the normal init of the linear and embedding weights.
+        tie_word_embeddings: share the input embedding with the LM head.
+        pad_token_id, bos_token_id, eos_token_id: the bundled tokenizer's (1, 0, 0) by default.
+
+    Example:
+        >>> from linattn_models import GLAConfig
+        >>> cfg = GLAConfig(hidden_size=512, num_hidden_layers=6, num_heads=4, vocab_size=8192)
+        >>> cfg.head_k_dim, cfg.head_v_dim          # derived: 512 * 0.5 / 4, 512 / 4
+        (64, 128)
+    """
+
     model_type = "linattn_base"
     # class name prefix of this architecture's classes (LinearTransformer -> LinearTransformerConfig, ...)
     class_prefix = None

@@ -7,7 +7,17 @@ class LinearTransformerConfig(LinAttnConfig):
     """Linear attention with a feature map φ ("elu" = elu+1, "relu", "identity", "hedgehog",
     "elementwise_product"; see modules/feature_map.py) and, when `normalize_attention`, the normaliser q·Σk.
     `tie_feature_map_qk=False` gives q and k separate maps (only the learnable ones differ: hedgehog,
-    elementwise_product). `output_norm` adds an RMSNorm per head on the mixer output."""
+    elementwise_product). `output_norm` adds an RMSNorm per head on the mixer output.
+
+    Args (besides LinAttnConfig's):
+        feature_map: φ applied to q and k (modules/feature_map.py's FEATURE_MAPS).
+        tie_feature_map_qk: one φ for q and k (True) or two of the same kind.
+        normalize_attention: divide by the normaliser s · q_t · Σ_{s≤t} k_s.
+        output_norm: an RMSNorm per head on the mixer output.
+
+    Example:
+        >>> cfg = LinearTransformerConfig(feature_map="hedgehog", num_hidden_layers=2, hidden_size=256)
+    """
 
     model_type = "linattn_linear_transformer"
     class_prefix = "LinearTransformer"

@@ -3,7 +3,14 @@ from ..common.configuration_common import LinAttnConfig
 
 
 class RetNetConfig(LinAttnConfig):
-    """Values are 2x wider than keys by default (expand_v = 2), as in the paper; rotary base `rope_theta`."""
+    """RetNet: values are 2x wider than keys by default (expand_v = 2), as in the paper.
+
+    Args (besides LinAttnConfig's):
+        rope_theta: the rotary embedding's base.
+
+    Example:
+        >>> model = transformers.AutoModelForCausalLM.from_config(RetNetConfig(num_hidden_layers=2, hidden_size=256))
+    """
 
     model_type = "linattn_retnet"
     class_prefix = "RetNet"

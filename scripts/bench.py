@@ -392,18 +392,21 @@ def train_case(p, ctx):
 
 # -------------------------------------------------------------------------------------------------------- decode
 
-class StepClock:
+def step_clock():
     """A StoppingCriteria that reads the clock (after a device sync) each time generate asks whether to stop:
     once per decode step. The median interval is the per-token latency without the prefill's jitter (a
-    difference of two generate totals carried it, at a 16K prompt)."""
+    difference of two generate totals carried it, at a 16K prompt). Made here: transformers loads only when used."""
+    from transformers import StoppingCriteria
 
-    def __init__(self):
-        self.t = []
+    class StepClock(StoppingCriteria):
+        def __init__(self):
+            self.t = []
 
-    def __call__(self, input_ids, scores, **kwargs):
-        sync()
-        self.t.append(time.perf_counter())
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        def __call__(self, input_ids, scores, **kwargs):
+            sync()
+            self.t.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    return StepClock()
 
 
 def generate(model, x, graphs, **kw):
@@ -415,7 +418,7 @@ def generate(model, x, graphs, **kw):
 def ms_per_token(model, x, graphs, p):
     intervals = []
     for _ in range(p["repeats"]):
-        clock = StepClock()
+        clock = step_clock()
         generate(model, x, graphs, max_new_tokens=p["new_tokens"], stopping_criteria=[clock])
         intervals += [b - a for a, b in zip(clock.t, clock.t[1:])]
     return statistics.median(intervals) * 1e3
@@ -540,7 +543,7 @@ def ops(doc, tiny=None, **kw):
 CASES = {
     **{f: ops(f"{f}: ours vs fla vs SDPA, T 2K/4K/8K at D=128, D 64/256 at 4K", families=[f])
        for f in ("linear_attention", "retention", "gla")},
-    # fla's chunk_simple_gla tuned for minutes on its first backward (docs/gpu.md): add it with --set 'peers=...'
+    # fla's chunk_simple_gla tuned for minutes on its first backward (docs/gpu.md): add it with --set no_fla=[]
     "simple_gla": ops("simple_gla: ours vs SDPA (fla left out: its first call tunes for minutes)",
                       families=["simple_gla"], no_fla=["simple_gla"]),
     "onepass": ops("sweep: the one-pass forward vs the two-kernel form (first config), fewer programs below",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ARCHS = ("linear_transformer", "retnet", "gla")
+from linattn_models.models import CONFIGS
+
+ARCHS = tuple(CONFIGS)  # every registered architecture
 SIZES = ("tiny", "125m", "370m", "1.3b")
 
 # The built-in default job (no --data/--config/--arch/--size): GLA, the tiny config at hidden 128 x 4 layers,

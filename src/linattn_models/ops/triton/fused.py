@@ -1,6 +1,6 @@
 """Fused kernels of the model blocks (ops/fused.py is the API): RMSNorm with an optional swish gate, rotary
 embedding of q and k, and SwiGLU. Each replaces a chain of 5-10 elementwise torch ops whose float32
-intermediates autograd would keep: measured on an H100 (benchmark_models.py --profile), such chains took over
+intermediates autograd would keep: measured on an H100 (bench.py --cases train --profile), such chains took over
 half of a 370M RetNet training step. The backward kernels recompute what they need from the inputs, so a
 forward keeps only its inputs (and the per-row 1/rms). Math in float32 (float64 for float64 inputs).
 """

@@ -1,7 +1,7 @@
 """The linear-attention normaliser den_t = scale · q_t · z_t, z_t = z0 + Σ_{s≤t} k_s (per sequence), and its
 gradient, without materialising z: one program per (sequence, head) walks the sequence in tiles of BT rows
 with a running key sum (torch's cumsum over the time dim of [B, T, H, K] took 1.5 ms per call at B=4, T=4K,
-H*K=1K on an H100, a third of a 370M linear-transformer training step; benchmark_models.py --profile).
+H*K=1K on an H100, a third of a 370M linear-transformer training step; scripts/bench.py --cases train --profile).
 
 Backward: dq_t = scale · dden_t · z_t (a forward walk recomputing z), dk_s = Σ_{t≥s} scale · dden_t · q_t + dz_T
 (a reverse walk), dz0 = dz_T + Σ_t scale · dden_t · q_t. Sums in float32.

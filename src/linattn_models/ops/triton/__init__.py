@@ -6,6 +6,8 @@ Kernels (one family, the gate kind a tl.constexpr: 0 none, 1 per-head constant, 
   chunk_fwd.py  per-chunk output (and the vector gate's intra-chunk matrix A); the one-pass forward
   chunk_bwd.py  per-chunk dq, dk, dv (and the vector gate's intra-chunk parts)
   recurrent.py  token-by-token form (decoding, mode="recurrent")
+  delta_fwd.py, delta_bwd.py, delta.py   the delta rule (DeltaNet, Gated DeltaNet): its own kernels on the same
+                indexing, cumsum and launch queue (see delta.py)
 
 Forward (chunk): b = chunk-local cumsum of g → states pass (stores the state entering each chunk) → [A] → o;
 or, for gate kinds none/head/scalar when the grid fills the device, chunk_fwd.chunk_onepass_kernel: one kernel,
@@ -423,3 +425,5 @@ def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_se
 # The fused block kernels (norm, rotary, SwiGLU; ops/fused.py) use _new from above, hence imported last.
 from . import fused  # noqa: E402,F401
 from .normalizer import normalizer  # noqa: E402,F401
+# The delta rule (delta_fwd.py, delta_bwd.py) builds on _Problem above, hence imported last too.
+from .delta import run_delta_triton  # noqa: E402,F401

@@ -1,0 +1,175 @@
+"""Triton backend of the delta rule (ops.delta_rule, ops.gated_delta_rule): `run_delta_triton` and its autograd
+function. Kernels in delta_fwd.py and delta_bwd.py (the math: shared/DELTA.md); gate kinds none and scalar.
+
+Forward (chunk): b = chunk-local cumsum of g (common.local_cumsum_kernel) → W, U, N per chunk (delta_wy) →
+the state pass with the output (delta_state, WRITE_O). mode="recurrent": delta_recurrent, token by token.
+Backward (both modes): b, W, U, N and the state pass RECOMPUTED (STORE_STATES: S_0 per chunk and V_new, fp32), as
+for gated linear attention (ops/triton/__init__.py says why: memory) → reverse state pass (dS_C per chunk, dV_new,
+dh0) → dv, dP̃, dÃ (delta_intra_bwd) → dq, dk and the K-block shares of dβ, dg (delta_qk_bwd) → dβ, dg
+(delta_finish_bwd). The state passes hold the whole key dim (K ≤ MAX_K) of a [K, BV] fp32 state tile.
+"""
+import functools
+
+import torch
+
+from . import OVERRIDES, _cdiv, _new, _np2, _Problem
+from .common import GATE_SCALAR
+from .delta_bwd import launch_finish_bwd, launch_intra_bwd, launch_qk_bwd, launch_state_bwd
+from .delta_fwd import launch_recurrent, launch_state, launch_wy
+
+MAX_K = 256  # the state passes keep all of K on chip
+TILE = 64  # K / V tile width of the loops over K or V
+STATE_TILE_WIDE_K = 32  # V tile of the state passes when K > 128 (the [K, BV] fp32 state lives in registers)
+WIDE_K = 128
+
+
+@functools.lru_cache(maxsize=None)
+def _default_delta_config(K, V):
+    KP = _np2(K)
+    return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, _np2(V)), KP_delta=KP,
+                BV_delta_state=min(TILE if KP <= WIDE_K else STATE_TILE_WIDE_K, _np2(V)),
+                BV_delta_rec=min(_np2(V), max(16, 8192 // KP)))
+
+
+class _DeltaProblem:
+    """One call's shapes, views and launch settings: gated linear attention's _Problem (indexing, config, the
+    launch queue) plus beta and the delta rule's block sizes."""
+
+    def __init__(self, q, k, v, g, beta, scale, cu_seqlens):
+        self.p = p = _Problem(q, k, v, g, "none" if g is None else "scalar", scale, cu_seqlens)
+        self.beta = beta.contiguous().view(p.TT, p.H)
+        cfg = dict(_default_delta_config(p.K, p.V))
+        cfg.update({n: x for n, x in OVERRIDES.items() if n in cfg})
+        self.cfg = cfg
+        self.common = dict(cu_seqlens=p.cu, T=p.T, H=p.H, BT=p.cfg["BT"], GATE=p.GATE, VARLEN=p.varlen)
+
+    def _g(self, x):
+        return x if x is not None else self.p.dummy
+
+    def wy(self, b):
+        p, c = self.p, self.cfg
+        BT = p.cfg["BT"]
+        n_buf = _new((p.TT, p.H, BT), torch.float32, p.device)
+        w = _new((p.TT, p.H, p.K), torch.float32, p.device)
+        u = _new((p.TT, p.H, p.V), torch.float32, p.device)
+        launch_wy(p._queue, k=p.k, v=p.v, beta=self.beta, gb=b, n_out=n_buf, w=w, u=u,
+                  chunk_indices=p.chunk_indices, NT=p.NT, K=p.K, V=p.V, BK=c["BK_delta"], BV=c["BV_delta"],
+                  DOT_PREC=p.prec, **self.common, **p.launch)
+        return n_buf, w, u
+
+    def state(self, b, w, u, h0, want_final, write_o, store_states):
+        p, c = self.p, self.cfg
+        o = _new((p.TT, p.H, p.V), p.dtype, p.device) if write_o else None
+        ht = _new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None
+        h = _new((p.NT, p.H, p.K, p.V), torch.float32, p.device) if store_states else None
+        vn = _new((p.TT, p.H, p.V), torch.float32, p.device) if store_states else None
+        launch_state(p._queue, q=p.q, k=p.k, w=w, u=u, gb=b, h0=self._g(h0), o=self._g(o), ht=self._g(ht),
+                     h=self._g(h), vn=self._g(vn), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=p.K,
+                     V=p.V, KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_H0=h0 is not None,
+                     STORE_FINAL=want_final, WRITE_O=write_o, STORE_STATES=store_states, DOT_PREC=p.prec,
+                     **self.common, **p.launch)
+        return o, ht, h, vn
+
+    def forward(self, h0, want_final, mode):
+        p, c = self.p, self.cfg
+        if mode == "recurrent":
+            o = _new((p.TT, p.H, p.V), p.dtype, p.device)
+            ht = _new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None
+            launch_recurrent(p._queue, q=p.q, k=p.k, v=p.v, beta=self.beta, g=self._g(p.g), h0=self._g(h0), o=o,
+                             ht=self._g(ht), cu_seqlens=p.cu, scale=p.scale, T=p.T, N=p.N, H=p.H, K=p.K, V=p.V,
+                             KP=c["KP_delta"], BV=c["BV_delta_rec"], GATE=p.GATE, HAS_H0=h0 is not None,
+                             STORE_FINAL=want_final, VARLEN=p.varlen, num_warps=p.launch["num_warps"])
+            p._flush("delta_recurrent", h0 is not None, want_final)
+            return o, ht
+        b = p.local_cumsum()
+        n_buf, w, u = self.wy(b)
+        o, ht, _, _ = self.state(b, w, u, h0, want_final, True, False)
+        p._flush("delta_forward", h0 is not None, want_final)
+        return o, ht
+
+    def backward(self, do, dht, h0, want_dh0, beta_dtype):
+        p, c = self.p, self.cfg
+        TT, H, K, V, NT, BT = p.TT, p.H, p.K, p.V, p.NT, p.cfg["BT"]
+        dev = p.device
+        do = do.to(p.dtype).contiguous().view(TT, H, V)
+        b = p.local_cumsum()
+        n_buf, w, u = self.wy(b)
+        _, _, h, vn = self.state(b, w, u, h0, False, False, True)
+        dh = _new((NT, H, K, V), torch.float32, dev)
+        dvn = _new((TT, H, V), torch.float32, dev)
+        dh0 = _new((p.N, H, K, V), torch.float32, dev) if want_dh0 else None
+        launch_state_bwd(p._queue, q=p.q, k=p.k, w=w, do=do, gb=b, dht=self._g(dht), dh=dh, dvn=dvn,
+                         dh0=self._g(dh0), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=K, V=V,
+                         KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_DHT=dht is not None, STORE_DH0=want_dh0,
+                         DOT_PREC=p.prec, **self.common, **p.launch)
+        dv = _new((TT, H, V), p.dtype, dev)
+        dpg = _new((TT, H, BT), torch.float32, dev)
+        dag = _new((TT, H, BT), torch.float32, dev)
+        dbeta_v = _new((TT, H), torch.float32, dev)
+        dgv = _new((TT, H), torch.float32, dev)
+        launch_intra_bwd(p._queue, v=p.v, do=do, beta=self.beta, gb=b, n_buf=n_buf, vn=vn, dvn=dvn, dv=dv, dpg=dpg,
+                         dag=dag, dbeta_v=dbeta_v, dgv=dgv, chunk_indices=p.chunk_indices, scale=p.scale, NT=NT,
+                         V=V, BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+        BK = c["BK_delta"]
+        NK = _cdiv(K, BK)
+        dq = _new((TT, H, K), p.dtype, dev)
+        dk = _new((TT, H, K), p.dtype, dev)
+        part_beta = _new((NK, TT, H), torch.float32, dev)
+        part_q = _new((NK, TT, H), torch.float32, dev)
+        term = _new((NK, NT, H), torch.float32, dev)
+        launch_qk_bwd(p._queue, q=p.q, k=p.k, vn=vn, dvn=dvn, do=do, beta=self.beta, gb=b, h=h, dh=dh, n_buf=n_buf,
+                      dpg=dpg, dag=dag, dq=dq, dk=dk, part_beta=part_beta, part_q=part_q, term=term,
+                      chunk_indices=p.chunk_indices, scale=p.scale, TT=TT, NT=NT, K=K, V=V, BK=BK,
+                      BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+        dbeta = _new((TT, H), beta_dtype, dev)
+        dg = _new(p.g.shape, p.g.dtype, dev) if p.GATE == GATE_SCALAR else None
+        launch_finish_bwd(p._queue, dbeta_v=dbeta_v, dgv=dgv, part_beta=part_beta, part_q=part_q, term=term,
+                          dbeta=dbeta, dg=self._g(dg), chunk_indices=p.chunk_indices, TT=TT, NT=NT, NK=NK,
+                          num_warps=p.launch["num_warps"], **self.common)
+        p._flush("delta_backward", h0 is not None, dht is not None, want_dh0)
+        return dq, dk, dv, dbeta, dg, dh0
+
+
+class _DeltaRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, h0, scale, cu_seqlens, mode, output_final_state):
+        o, ht = _DeltaProblem(q, k, v, g, beta, scale, cu_seqlens).forward(h0, output_final_state, mode)
+        ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens)
+        ctx.scale = scale
+        return o.view(v.shape), ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, beta, h0, cu_seqlens = ctx.saved_tensors
+        prob = _DeltaProblem(q, k, v, g, beta, ctx.scale, cu_seqlens)
+        if do is None:
+            do = torch.zeros_like(v)
+        dht = dht.contiguous() if dht is not None else None
+        dq, dk, dv, dbeta, dg, dh0 = prob.backward(do, dht, h0, h0 is not None and ctx.needs_input_grad[5],
+                                                   beta.dtype)
+        return (dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), None if dg is None else dg.view(g.shape),
+                dbeta.view(beta.shape), dh0, None, None, None, None)
+
+
+def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode):
+    """The delta rule through the Triton kernels; see ops/delta.py. g: None or [B, T, H] log decays (a per-key
+    gate has no kernel). Returns (o in q.dtype, final state [N, H, K, V] float32 or None)."""
+    if q.dtype == torch.float64:
+        raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
+    if g is not None and g.ndim != 3:
+        raise NotImplementedError("the Triton delta rule takes a scalar gate g [B, T, H] (or none)")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if K > MAX_K:
+        raise ValueError(f"the Triton delta rule supports head dims K <= {MAX_K}, got K={K}; use backend='torch'")
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if B * T == 0:  # nothing to run: the state passes through
+        o = v.new_zeros(v.shape).to(q.dtype)
+        if not output_final_state:
+            return o, None
+        if initial_state is not None:
+            return o, initial_state.float() + 0.0
+        return o, torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device)
+    if initial_state is not None:
+        initial_state = initial_state.to(torch.float32).contiguous()
+    return _DeltaRule.apply(q, k, v, g, beta, initial_state, scale, cu_seqlens, mode, bool(output_final_state))

@@ -200,3 +200,44 @@ def test_per_dim_gate_on_triton_backend_is_refused_by_name(monkeypatch):
     gk = g[..., None].expand(*g.shape, 8).contiguous()
     with pytest.raises(NotImplementedError, match=r"g \[B, T, H, K\]"):
         ops.gated_delta_rule(q, k, v, gk, b, backend="triton")
+
+
+def test_fla_names_and_signatures():
+    """fla's delta rule names: same argument names and order, same (o, final_state) return."""
+    from linattn_models.ops import (chunk_delta_rule, chunk_gated_delta_rule, fused_recurrent_delta_rule,
+                                    fused_recurrent_gated_delta_rule)
+    q, k, v, g, beta, h0 = delta_inputs("scalar", 1, 45, 3, 16, 8, N=2, unit_keys=False)
+    cu = torch.tensor([0, 20, 45])
+
+    def same(a, b):
+        assert torch.allclose(a[0], b[0], atol=1e-10) and torch.allclose(a[1], b[1], atol=1e-10)
+    ref = ops.delta_rule(q, k, v, beta, True, 0.3, h0, True, cu)
+    same(chunk_delta_rule(q, k, v, beta, 0.3, h0, True, True, cu), ref)
+    same(chunk_delta_rule(q=q, k=k, v=v, beta=beta, scale=0.3, initial_state=h0, output_final_state=True,
+                          cu_seqlens=cu, use_qk_l2norm_in_kernel=True), ref)
+    same(fused_recurrent_delta_rule(q, k, v, beta, 0.3, h0, True, True, cu), ref)
+    same(fused_recurrent_gated_delta_rule(q, k, v, beta=beta, scale=0.3, initial_state=h0, output_final_state=True,
+                                          use_qk_l2norm_in_kernel=True, cu_seqlens=cu), ref)
+    ref = ops.gated_delta_rule(q, k, v, g, beta, False, None, h0, True, cu)
+    same(chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu), ref)
+    same(fused_recurrent_gated_delta_rule(q, k, v, g, beta=beta, initial_state=h0, output_final_state=True,
+                                          cu_seqlens=cu), ref)
+    gk = g[..., None].expand(*g.shape, 16)  # a per-key gate equal over K is the scalar gate
+    same(fused_recurrent_gated_delta_rule(q, k, v, gk=gk, beta=beta, initial_state=h0, output_final_state=True,
+                                          cu_seqlens=cu), ref)
+    # beta None: 1 (fla's default in the fused_recurrent names)
+    same(fused_recurrent_delta_rule(q, k, v, initial_state=h0[:1], output_final_state=True),
+         ops.delta_rule(q, k, v, torch.ones_like(beta), initial_state=h0[:1], output_final_state=True))
+
+
+def test_fla_unsupported_arguments_are_named():
+    from linattn_models.ops import chunk_delta_rule, chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    q, k, v, g, beta, h0 = delta_inputs("scalar", 1, 10, 2, 8, 8)
+    with pytest.raises(ValueError, match="head_first"):
+        chunk_delta_rule(q, k, v, beta, head_first=True)
+    with pytest.raises(ValueError, match="gv"):
+        fused_recurrent_gated_delta_rule(q, k, v, g, gv=g, beta=beta)
+    with pytest.raises(ValueError, match="either g"):
+        fused_recurrent_gated_delta_rule(q, k, v, g, gk=g[..., None].expand(1, 10, 2, 8), beta=beta)
+    with pytest.raises(TypeError, match="allow_neg_eigval"):
+        chunk_gated_delta_rule(q, k, v, g, beta, allow_neg_eigval=True)

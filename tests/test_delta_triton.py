@@ -159,3 +159,12 @@ def test_empty_and_float64():
 
 def test_poison_is_on():
     assert torch.isnan(triton_ops()._new((3,), torch.float32, torch.device(DEVICE))).all()
+
+
+def test_small_blocks(monkeypatch):
+    """16-wide K and V tiles: several V blocks in the state passes and several K blocks in the dq/dk kernel (the
+    K-block shares of dbeta and dg summed by the last kernel), on odd dims."""
+    for key in ("BK_delta", "BV_delta", "BV_delta_state", "BV_delta_rec"):
+        monkeypatch.setitem(triton_ops().OVERRIDES, key, 16)
+    check(*delta_inputs("scalar", 1, 70, 2, 40, 36, strength=2.0))
+    check(*delta_inputs("none", 1, 20, 2, 40, 36), mode="recurrent")

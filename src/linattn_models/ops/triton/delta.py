@@ -25,10 +25,15 @@ WIDE_K = 128
 
 @functools.lru_cache(maxsize=None)
 def _default_delta_config(K, V):
+    """Block sizes (not tuned yet; no autotune, so the first call is fast). The state passes run one program per
+    (sequence, head, V block) through the chunks in order, with fp32 operand tiles up to [BT, K] = [64, 256]:
+    they are not software-pipelined (stages 1, so the tiles are not double-buffered in shared memory) and take
+    8 warps for K > 128. Keys may be overridden through ops.triton.OVERRIDES, as gated linear attention's."""
     KP = _np2(K)
     return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, _np2(V)), KP_delta=KP,
                 BV_delta_state=min(TILE if KP <= WIDE_K else STATE_TILE_WIDE_K, _np2(V)),
-                BV_delta_rec=min(_np2(V), max(16, 8192 // KP)))
+                BV_delta_rec=min(_np2(V), max(16, 8192 // KP)),
+                warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=1)
 
 
 class _DeltaProblem:
@@ -42,6 +47,7 @@ class _DeltaProblem:
         cfg.update({n: x for n, x in OVERRIDES.items() if n in cfg})
         self.cfg = cfg
         self.common = dict(cu_seqlens=p.cu, T=p.T, H=p.H, BT=p.cfg["BT"], GATE=p.GATE, VARLEN=p.varlen)
+        self.state_launch = dict(num_warps=cfg["warps_delta_state"], num_stages=cfg["stages_delta_state"])
 
     def _g(self, x):
         return x if x is not None else self.p.dummy
@@ -67,7 +73,7 @@ class _DeltaProblem:
                      h=self._g(h), vn=self._g(vn), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=p.K,
                      V=p.V, KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_H0=h0 is not None,
                      STORE_FINAL=want_final, WRITE_O=write_o, STORE_STATES=store_states, DOT_PREC=p.prec,
-                     **self.common, **p.launch)
+                     **self.common, **self.state_launch)
         return o, ht, h, vn
 
     def forward(self, h0, want_final, mode):
@@ -101,7 +107,7 @@ class _DeltaProblem:
         launch_state_bwd(p._queue, q=p.q, k=p.k, w=w, do=do, gb=b, dht=self._g(dht), dh=dh, dvn=dvn,
                          dh0=self._g(dh0), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=K, V=V,
                          KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_DHT=dht is not None, STORE_DH0=want_dh0,
-                         DOT_PREC=p.prec, **self.common, **p.launch)
+                         DOT_PREC=p.prec, **self.common, **self.state_launch)
         dv = _new((TT, H, V), p.dtype, dev)
         dpg = _new((TT, H, BT), torch.float32, dev)
         dag = _new((TT, H, BT), torch.float32, dev)

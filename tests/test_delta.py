@@ -195,13 +195,6 @@ def test_bad_arguments(bad, match):
         bad(*inputs32())
 
 
-def test_per_dim_gate_on_triton_backend_is_refused_by_name(monkeypatch):
-    q, k, v, g, b = inputs32()
-    gk = g[..., None].expand(*g.shape, 8).contiguous()
-    with pytest.raises(NotImplementedError, match=r"g \[B, T, H, K\]"):
-        ops.gated_delta_rule(q, k, v, gk, b, backend="triton")
-
-
 def test_fla_names_and_signatures():
     """fla's delta rule names: same argument names and order, same (o, final_state) return."""
     from linattn_models.ops import (chunk_delta_rule, chunk_gated_delta_rule, fused_recurrent_delta_rule,

@@ -2,7 +2,7 @@
 
 On CPU through Triton's interpreter; on a GPU compiled (the tests take the device from one helper below).
 Forward output, final state and every gradient (dq, dk, dv, dbeta, dg, dh0; a random loss on both o and the final
-state, so dht is exercised) for no gate and the scalar gate, chunk and recurrent mode, odd lengths, T = 1, varlen
+state, so dht is exercised) for no gate, the scalar gate and the per-key-dimension gate, chunk and recurrent mode, odd lengths, T = 1, varlen
 packs with a length-1 sequence, strong gates, beta near 0 and 1, q/k L2 normalisation, non-power-of-two head dims
 with K != V (up to 256), fp32 and fp16. Every output and scratch buffer of the kernels is NaN-poisoned first, so
 memory a kernel fails to write shows up as NaN. Relative error ‖x − ref‖ / ‖ref‖: fp32 ≤ 1e-4, fp16 ≤ 1e-2
@@ -55,21 +55,24 @@ def check(q, k, v, g, beta, h0, mode="chunk", dtype=torch.float32, final=True, *
     return errs
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar"])
+GATES = ["none", "scalar", "vector"]
+
+
+@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 @pytest.mark.parametrize("T,K,V", [(100, 24, 48), (63, 48, 20)])
 def test_kernels_fp32(gate, mode, T, K, V):
     check(*delta_inputs(gate, 2, T, 2, K, V, strength=2.0, seed=T), mode=mode)
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar"])
+@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 def test_single_token(gate, mode):
     """T = 1 (a decoding step): state in and out."""
     check(*delta_inputs(gate, 3, 1, 2, 32, 16), mode=mode)
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar"])
+@pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("mode", ["chunk", "recurrent"])
 def test_varlen(gate, mode):
     """Packed sequences incl. a length-1 one and one of exactly a chunk; chunks never cross a boundary."""
@@ -78,10 +81,19 @@ def test_varlen(gate, mode):
     check(*delta_inputs(gate, 1, sum(lens), 2, 16, 24, N=len(lens), strength=2.0), mode=mode, cu_seqlens=cu)
 
 
+@pytest.mark.parametrize("gate", ["scalar", "vector"])
 @pytest.mark.parametrize("strength", [30.0, 300.0])
-def test_strong_gates(strength):
+def test_strong_gates(gate, strength):
     """Log gate sums reach thousands inside a chunk: nothing may overflow."""
-    check(*delta_inputs("scalar", 1, 90, 2, 16, 16, strength=strength))
+    check(*delta_inputs(gate, 1, 90, 2, 16, 16, strength=strength))
+
+
+@pytest.mark.parametrize("diag_limit", [0.0, 80.0])
+def test_vector_gate_both_sub_chunk_paths(monkeypatch, diag_limit):
+    """The per-dimension gate's pair kernels (gated linear attention's): 0 sends every sub-chunk down the
+    elementwise path, 80 every one (decays here are ~15 per sub-chunk) through the rebased matmuls."""
+    monkeypatch.setitem(triton_ops().OVERRIDES, "diag_limit", diag_limit)
+    check(*delta_inputs("vector", 2, 77, 2, 40, 24, strength=15.0))
 
 
 @pytest.mark.parametrize("beta_kind", ["small", "one"])
@@ -95,7 +107,7 @@ def test_qk_l2norm(gate):
     check(*delta_inputs(gate, 1, 70, 2, 32, 16, unit_keys=False), use_qk_l2norm=True)
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar"])
+@pytest.mark.parametrize("gate", GATES)
 def test_fp16(gate):
     check(*delta_inputs(gate, 2, 80, 2, 32, 32), dtype=torch.float16)
 
@@ -108,7 +120,7 @@ def test_fp16_recurrent_varlen():
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="bf16 gives garbage in Triton's interpreter")
-@pytest.mark.parametrize("gate", ["none", "scalar"])
+@pytest.mark.parametrize("gate", GATES)
 def test_bf16(gate):
     check(*delta_inputs(gate, 2, 300, 4, 64, 64), dtype=torch.bfloat16)
 
@@ -120,10 +132,10 @@ def test_no_state(gate):
     check(q, k, v, g, beta, None, final=False)
 
 
-@pytest.mark.parametrize("K,V", [(130, 72), (256, 20)])
-def test_wide_head_dims(K, V):
+@pytest.mark.parametrize("gate,K,V", [("scalar", 130, 72), ("scalar", 256, 20), ("vector", 130, 24)])
+def test_wide_head_dims(gate, K, V):
     """K over one 64-wide tile (several K blocks in the dq/dk kernel) up to 256 (the state passes' limit)."""
-    check(*delta_inputs("scalar", 1, 40, 1, K, V))
+    check(*delta_inputs(gate, 1, 40, 1, K, V))
 
 
 def test_non_contiguous_inputs():

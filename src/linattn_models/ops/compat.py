@@ -124,7 +124,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
 
 def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None, initial_state=None,
                                      output_final_state=False, use_qk_l2norm_in_kernel=False, cu_seqlens=None, **kw):
-    """g: [B, T, H] log decays, or gk: [B, T, H, K] per key dimension (torch backend), or neither (the plain delta
+    """g: [B, T, H] log decays, or gk: [B, T, H, K] per key dimension, or neither (the plain delta
     rule); beta None: 1 for every token (fla's default)."""
     _reject(gv=gv, **kw)
     if g is not None and gk is not None:

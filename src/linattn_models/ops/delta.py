@@ -5,10 +5,9 @@ Per sequence and head (column vectors; S: [K, V] state, fp32 in the kernels):
     S_t = e^{g_t} (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ,      o_t = scale · S_tᵀ q_t
 
 delta_rule has no gate (g = 0); gated_delta_rule takes g: [B, T, H] log decays (<= 0), or [B, T, H, K] (one per
-key dimension, KDA-style: S_t = (I − β_t k_t k_tᵀ) Diag(e^{g_t}) S_{t−1} + β_t k_t v_tᵀ; torch backend only).
+key dimension, KDA-style: S_t = (I − β_t k_t k_tᵀ) Diag(e^{g_t}) S_{t−1} + β_t k_t v_tᵀ).
 Backends as for the other ops (dispatch.py): "triton" (ops/triton/delta.py) or "torch" (delta_reference.py).
 """
-import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -26,15 +25,7 @@ def _run_delta(q, k, v, g, beta, use_qk_l2norm, scale, initial_state, output_fin
         mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
     if use_qk_l2norm:  # in torch, before the kernels: autograd carries the gradient through it (DELTA.md §4)
         q, k = l2norm(q), l2norm(k)
-    chosen = resolve_backend(backend, q.device)
-    if chosen == "triton" and g is not None and g.ndim == 4:
-        if backend == "triton":
-            raise NotImplementedError("the Triton backend of gated_delta_rule takes a scalar gate g [B, T, H]; "
-                                      "a per-key-dimension gate g [B, T, H, K] runs with backend='torch'")
-        warnings.warn("gated_delta_rule: a per-key-dimension gate g [B, T, H, K] has no Triton kernel yet; "
-                      "running the torch backend", stacklevel=3)
-        chosen = "torch"
-    if chosen == "triton":
+    if resolve_backend(backend, q.device) == "triton":
         return triton_ops().run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
                                              cu_seqlens, mode)
     return run_delta_torch(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, mode)
@@ -86,7 +77,7 @@ def gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
         q, k, v, beta, use_qk_l2norm, scale, initial_state, output_final_state, cu_seqlens, mode, backend:
             as in delta_rule.
         g: log decays (<= 0), [B, T, H] (one per token and head), or [B, T, H, K] (one per key dimension,
-            KDA-style: the state decays Diag(e^{g_t}) before the delta step; torch backend only for now).
+            KDA-style: the state decays Diag(e^{g_t}) before the delta step).
 
     Returns:
         (o [B, T, H, V] in q's dtype, final state [N, H, K, V] float32 or None).

@@ -1,5 +1,6 @@
 """Triton backend of the delta rule (ops.delta_rule, ops.gated_delta_rule): `run_delta_triton` and its autograd
-function. Kernels in delta_fwd.py and delta_bwd.py (the math: shared/DELTA.md); gate kinds none and scalar.
+function. Kernels in delta_fwd.py and delta_bwd.py (the math: shared/DELTA.md); gate kinds none, scalar and
+vector (per key dimension, KDA-style: its pair products by gated linear attention's rebased sub-chunk kernels).
 
 Forward (chunk): b = chunk-local cumsum of g (common.local_cumsum_kernel) → W, U, N per chunk (delta_wy) →
 the state pass with the output (delta_state, WRITE_O). mode="recurrent": delta_recurrent, token by token.
@@ -13,9 +14,9 @@ import functools
 import torch
 
 from . import OVERRIDES, _cdiv, _new, _np2, _Problem
-from .common import GATE_SCALAR
-from .delta_bwd import launch_finish_bwd, launch_intra_bwd, launch_qk_bwd, launch_state_bwd
-from .delta_fwd import launch_recurrent, launch_state, launch_wy
+from .common import GATE_SCALAR, GATE_VECTOR
+from .delta_bwd import launch_finish_bwd, launch_intra_bwd, launch_pair_bwd, launch_qk_bwd, launch_state_bwd
+from .delta_fwd import launch_pair, launch_recurrent, launch_state, launch_wy
 
 MAX_K = 256  # the state passes keep all of K on chip
 TILE = 64  # K / V tile width of the loops over K or V
@@ -41,35 +42,49 @@ class _DeltaProblem:
     launch queue) plus beta and the delta rule's block sizes."""
 
     def __init__(self, q, k, v, g, beta, scale, cu_seqlens):
-        self.p = p = _Problem(q, k, v, g, "none" if g is None else "scalar", scale, cu_seqlens)
+        gate = "none" if g is None else ("vector" if g.ndim == 4 else "scalar")
+        self.p = p = _Problem(q, k, v, g, gate, scale, cu_seqlens)
+        self.vector = p.GATE == GATE_VECTOR
         self.beta = beta.contiguous().view(p.TT, p.H)
         cfg = dict(_default_delta_config(p.K, p.V))
         cfg.update({n: x for n, x in OVERRIDES.items() if n in cfg})
         self.cfg = cfg
         self.common = dict(cu_seqlens=p.cu, T=p.T, H=p.H, BT=p.cfg["BT"], GATE=p.GATE, VARLEN=p.varlen)
+        self.common_nogate = {n: val for n, val in self.common.items() if n != "GATE"}
         self.state_launch = dict(num_warps=cfg["warps_delta_state"], num_stages=cfg["stages_delta_state"])
 
     def _g(self, x):
         return x if x is not None else self.p.dummy
 
-    def wy(self, b):
+    def pair(self, x, b, limit):
+        """Vector gate: the pair products ⟨x_i, k_j⟩ of each chunk [T, H, BT] (fp32); else a dummy."""
+        p = self.p
+        if not self.vector:
+            return p.dummy
+        out = _new((p.TT, p.H, p.cfg["BT"]), torch.float32, p.device)
+        launch_pair(p._queue, x=x, k=p.k, gb=b, out=out, chunk_indices=p.chunk_indices, NT=p.NT, K=p.K,
+                    BC=p.cfg["BC"], BK=p.cfg["BK_A"], KP=_np2(p.K), LIMIT=limit, DOT_PREC=p.prec,
+                    **self.common_nogate, **p.launch)
+        return out
+
+    def wy(self, b, pk):
         p, c = self.p, self.cfg
         BT = p.cfg["BT"]
         n_buf = _new((p.TT, p.H, BT), torch.float32, p.device)
         w = _new((p.TT, p.H, p.K), torch.float32, p.device)
         u = _new((p.TT, p.H, p.V), torch.float32, p.device)
-        launch_wy(p._queue, k=p.k, v=p.v, beta=self.beta, gb=b, n_out=n_buf, w=w, u=u,
+        launch_wy(p._queue, k=p.k, v=p.v, beta=self.beta, gb=b, pk=pk, n_out=n_buf, w=w, u=u,
                   chunk_indices=p.chunk_indices, NT=p.NT, K=p.K, V=p.V, BK=c["BK_delta"], BV=c["BV_delta"],
                   DOT_PREC=p.prec, **self.common, **p.launch)
         return n_buf, w, u
 
-    def state(self, b, w, u, h0, want_final, write_o, store_states):
+    def state(self, b, pq, w, u, h0, want_final, write_o, store_states):
         p, c = self.p, self.cfg
         o = _new((p.TT, p.H, p.V), p.dtype, p.device) if write_o else None
         ht = _new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None
         h = _new((p.NT, p.H, p.K, p.V), torch.float32, p.device) if store_states else None
         vn = _new((p.TT, p.H, p.V), torch.float32, p.device) if store_states else None
-        launch_state(p._queue, q=p.q, k=p.k, w=w, u=u, gb=b, h0=self._g(h0), o=self._g(o), ht=self._g(ht),
+        launch_state(p._queue, q=p.q, k=p.k, w=w, u=u, gb=b, pq=pq, h0=self._g(h0), o=self._g(o), ht=self._g(ht),
                      h=self._g(h), vn=self._g(vn), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=p.K,
                      V=p.V, KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_H0=h0 is not None,
                      STORE_FINAL=want_final, WRITE_O=write_o, STORE_STATES=store_states, DOT_PREC=p.prec,
@@ -88,8 +103,8 @@ class _DeltaProblem:
             p._flush("delta_recurrent", h0 is not None, want_final)
             return o, ht
         b = p.local_cumsum()
-        n_buf, w, u = self.wy(b)
-        o, ht, _, _ = self.state(b, w, u, h0, want_final, True, False)
+        n_buf, w, u = self.wy(b, self.pair(p.k, b, p.diag_limit_A))
+        o, ht, _, _ = self.state(b, self.pair(p.q, b, p.diag_limit_A), w, u, h0, want_final, True, False)
         p._flush("delta_forward", h0 is not None, want_final)
         return o, ht
 
@@ -99,12 +114,13 @@ class _DeltaProblem:
         dev = p.device
         do = do.to(p.dtype).contiguous().view(TT, H, V)
         b = p.local_cumsum()
-        n_buf, w, u = self.wy(b)
-        _, _, h, vn = self.state(b, w, u, h0, False, False, True)
+        pk, pq = self.pair(p.k, b, p.diag_limit_A), self.pair(p.q, b, p.diag_limit_A)
+        n_buf, w, u = self.wy(b, pk)
+        _, _, h, vn = self.state(b, pq, w, u, h0, False, False, True)
         dh = _new((NT, H, K, V), torch.float32, dev)
         dvn = _new((TT, H, V), torch.float32, dev)
         dh0 = _new((p.N, H, K, V), torch.float32, dev) if want_dh0 else None
-        launch_state_bwd(p._queue, q=p.q, k=p.k, w=w, do=do, gb=b, dht=self._g(dht), dh=dh, dvn=dvn,
+        launch_state_bwd(p._queue, q=p.q, k=p.k, w=w, do=do, gb=b, pq=pq, dht=self._g(dht), dh=dh, dvn=dvn,
                          dh0=self._g(dh0), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=K, V=V,
                          KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_DHT=dht is not None, STORE_DH0=want_dh0,
                          DOT_PREC=p.prec, **self.common, **self.state_launch)
@@ -113,24 +129,35 @@ class _DeltaProblem:
         dag = _new((TT, H, BT), torch.float32, dev)
         dbeta_v = _new((TT, H), torch.float32, dev)
         dgv = _new((TT, H), torch.float32, dev)
-        launch_intra_bwd(p._queue, v=p.v, do=do, beta=self.beta, gb=b, n_buf=n_buf, vn=vn, dvn=dvn, dv=dv, dpg=dpg,
+        launch_intra_bwd(p._queue, v=p.v, do=do, beta=self.beta, gb=b, pk=pk, n_buf=n_buf, vn=vn, dvn=dvn, dv=dv, dpg=dpg,
                          dag=dag, dbeta_v=dbeta_v, dgv=dgv, chunk_indices=p.chunk_indices, scale=p.scale, NT=NT,
                          V=V, BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+        ia_q = ia_k = ib_q = ib_k = dgk = p.dummy
+        if self.vector:  # dP ⋆ K, dP ⋆ᵀ Q and D ⋆ K, D ⋆ᵀ K with the per-dimension pair factor
+            ia_q, ia_k, ib_q, ib_k = (_new((TT, H, K), torch.float32, dev) for _ in range(4))
+            for x, dA, out_x, out_k in ((p.q, dpg, ia_q, ia_k), (p.k, dag, ib_q, ib_k)):
+                launch_pair_bwd(p._queue, x=x, k=p.k, gb=b, dA=dA, out_x=out_x, out_k=out_k,
+                                chunk_indices=p.chunk_indices, NT=NT, K=K, BC=p.cfg["BC"], BK=p.cfg["BK_intra"],
+                                KP=_np2(K), LIMIT=p.diag_limit, DOT_PREC=p.prec,
+                                **self.common_nogate, **p.launch)
+            dgk = _new(p.g.shape, p.g.dtype, dev)
         BK = c["BK_delta"]
         NK = _cdiv(K, BK)
         dq = _new((TT, H, K), p.dtype, dev)
         dk = _new((TT, H, K), p.dtype, dev)
         part_beta = _new((NK, TT, H), torch.float32, dev)
-        part_q = _new((NK, TT, H), torch.float32, dev)
-        term = _new((NK, NT, H), torch.float32, dev)
+        scalar = p.GATE == GATE_SCALAR
+        part_q = _new((NK, TT, H), torch.float32, dev) if scalar else p.dummy
+        term = _new((NK, NT, H), torch.float32, dev) if scalar else p.dummy
         launch_qk_bwd(p._queue, q=p.q, k=p.k, vn=vn, dvn=dvn, do=do, beta=self.beta, gb=b, h=h, dh=dh, n_buf=n_buf,
-                      dpg=dpg, dag=dag, dq=dq, dk=dk, part_beta=part_beta, part_q=part_q, term=term,
+                      dpg=dpg, dag=dag, ia_q=ia_q, ia_k=ia_k, ib_q=ib_q, ib_k=ib_k, dq=dq, dk=dk, dgk=dgk,
+                      part_beta=part_beta, part_q=part_q, term=term,
                       chunk_indices=p.chunk_indices, scale=p.scale, TT=TT, NT=NT, K=K, V=V, BK=BK,
                       BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
         dbeta = _new((TT, H), beta_dtype, dev)
-        dg = _new(p.g.shape, p.g.dtype, dev) if p.GATE == GATE_SCALAR else None
+        dg = _new(p.g.shape, p.g.dtype, dev) if scalar else (dgk if self.vector else None)
         launch_finish_bwd(p._queue, dbeta_v=dbeta_v, dgv=dgv, part_beta=part_beta, part_q=part_q, term=term,
-                          dbeta=dbeta, dg=self._g(dg), chunk_indices=p.chunk_indices, TT=TT, NT=NT, NK=NK,
+                          dbeta=dbeta, dg=dg if scalar else p.dummy, chunk_indices=p.chunk_indices, TT=TT, NT=NT, NK=NK,
                           num_warps=p.launch["num_warps"], **self.common)
         p._flush("delta_backward", h0 is not None, dht is not None, want_dh0)
         return dq, dk, dv, dbeta, dg, dh0
@@ -158,12 +185,10 @@ class _DeltaRule(torch.autograd.Function):
 
 
 def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode):
-    """The delta rule through the Triton kernels; see ops/delta.py. g: None or [B, T, H] log decays (a per-key
-    gate has no kernel). Returns (o in q.dtype, final state [N, H, K, V] float32 or None)."""
+    """The delta rule through the Triton kernels; see ops/delta.py. g: None, [B, T, H] or [B, T, H, K] log decays.
+    Returns (o in q.dtype, final state [N, H, K, V] float32 or None)."""
     if q.dtype == torch.float64:
         raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
-    if g is not None and g.ndim != 3:
-        raise NotImplementedError("the Triton delta rule takes a scalar gate g [B, T, H] (or none)")
     B, T, H, K = q.shape
     V = v.shape[-1]
     if K > MAX_K:

@@ -138,7 +138,8 @@ def test_recurrence_is_the_delta_rule():
     o, s = ops.gated_delta_rule(q, k, v, g, beta, scale=0.7, initial_state=h0, output_final_state=True,
                                 backend="torch")
     kk, bb, a = k[0, 0, 0], beta[0, 0, 0], g[0, 0, 0].exp()
-    S1 = a * (torch.eye(4, dtype=torch.float64) - bb * torch.outer(kk, kk)) @ h0[0, 0] + bb * torch.outer(kk, v[0, 0, 0])
+    eye = torch.eye(4, dtype=torch.float64)
+    S1 = a * (eye - bb * torch.outer(kk, kk)) @ h0[0, 0] + bb * torch.outer(kk, v[0, 0, 0])
     assert torch.allclose(s[0, 0], S1) and torch.allclose(o[0, 0, 0], 0.7 * S1.T @ q[0, 0, 0])
     # no gate: delta_rule == gated_delta_rule with g = 0
     o1, s1 = ops.delta_rule(q, k, v, beta, initial_state=h0, output_final_state=True, backend="torch")

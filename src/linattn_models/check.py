@@ -26,8 +26,9 @@ def random_op_inputs(family, B, T, H, K, V, N=None, gate_offset=0.0, strength=1.
     """Random inputs of an op: (q, k [B, T, H, K], v [B, T, H, V], g, h0 [N or B, H, K, V]); standard normal
     draws in `dtype` from `generator` (on its device, else `device`), then moved to `device`. g: None for linear
     attention, retention and the delta rule, log decays logsigmoid(randn + gate_offset) · strength of shape
-    [B, T, H] (simple GLA, gated delta rule) or [B, T, H, K] (GLA; family "gla" or "gated_linear_attention"). The one builder of the tests, the
-    self-check and the GPU scripts, which differ only in offsets, strengths, dtypes and devices."""
+    [B, T, H] (simple GLA, gated delta rule) or [B, T, H, K] (GLA; family "gla" or "gated_linear_attention").
+    The one builder of the tests, the self-check and the GPU scripts, which differ only in offsets, strengths,
+    dtypes and devices."""
     where = generator.device if generator is not None else device
 
     def r(*shape):

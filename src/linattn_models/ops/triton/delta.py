@@ -129,9 +129,9 @@ class _DeltaProblem:
         dag = _new((TT, H, BT), torch.float32, dev)
         dbeta_v = _new((TT, H), torch.float32, dev)
         dgv = _new((TT, H), torch.float32, dev)
-        launch_intra_bwd(p._queue, v=p.v, do=do, beta=self.beta, gb=b, pk=pk, n_buf=n_buf, vn=vn, dvn=dvn, dv=dv, dpg=dpg,
-                         dag=dag, dbeta_v=dbeta_v, dgv=dgv, chunk_indices=p.chunk_indices, scale=p.scale, NT=NT,
-                         V=V, BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+        launch_intra_bwd(p._queue, v=p.v, do=do, beta=self.beta, gb=b, pk=pk, n_buf=n_buf, vn=vn, dvn=dvn, dv=dv,
+                         dpg=dpg, dag=dag, dbeta_v=dbeta_v, dgv=dgv, chunk_indices=p.chunk_indices, scale=p.scale,
+                         NT=NT, V=V, BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
         ia_q = ia_k = ib_q = ib_k = dgk = p.dummy
         if self.vector:  # dP ⋆ K, dP ⋆ᵀ Q and D ⋆ K, D ⋆ᵀ K with the per-dimension pair factor
             ia_q, ia_k, ib_q, ib_k = (_new((TT, H, K), torch.float32, dev) for _ in range(4))

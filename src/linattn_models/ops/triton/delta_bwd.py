@@ -32,6 +32,7 @@ transposing a dot result (a Hopper miscompile, GPU.md). Arithmetic and matmul op
 import triton
 import triton.language as tl
 
+from .chunk_bwd import chunk_vector_intra_bwd_kernel
 from .common import GATE_SCALAR, GATE_VECTOR, chunk_bounds, load_tile, seq_bounds, store_tile
 from .delta_fwd import load_square
 
@@ -164,7 +165,8 @@ def launch_intra_bwd(queue, *, v, do, beta, gb, pk, n_buf, vn, dvn, dv, dpg, dag
 
 @triton.jit
 def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_q, ia_k, ib_q, ib_k, dq, dk, dgk,
-                        part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H: tl.constexpr, K: tl.constexpr,
+                        part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H: tl.constexpr,
+                        K: tl.constexpr,
                         V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                         VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
     """dq, dk [T, H, K] for K block i_k; part_beta, part_q [NK, T, H] and term [NK, NT, H] (fp32): this block's
@@ -239,7 +241,8 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
 
 
 def launch_qk_bwd(queue, *, q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_q, ia_k, ib_q, ib_k, dq, dk, dgk,
-                  part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H, K, V, BT, BK, BV, GATE, VARLEN, DOT_PREC,
+                  part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H, K, V, BT, BK, BV, GATE, VARLEN,
+                  DOT_PREC,
                   num_warps, num_stages):
     queue(delta_qk_bwd_kernel, (triton.cdiv(K, BK), NT, H), q=q, k=k, vn=vn, dvn=dvn, do=do, beta=beta, gb=gb,
           h=h, dh=dh, n_buf=n_buf, dpg=dpg, dag=dag, ia_q=ia_q, ia_k=ia_k, ib_q=ib_q, ib_k=ib_k, dq=dq, dk=dk, dgk=dgk,
@@ -285,7 +288,6 @@ def launch_pair_bwd(queue, *, x, k, gb, dA, out_x, out_k, cu_seqlens, chunk_indi
     """Per-key-dimension gate: out_x = dA ⋆ K, out_k = dA ⋆ᵀ X (fp32 [T, H, K]) for a lower-triangular dA [T, H, BT]
     stored without the gate, by gated linear attention's rebased sub-chunk kernel
     (chunk_bwd.chunk_vector_intra_bwd_kernel)."""
-    from .chunk_bwd import chunk_vector_intra_bwd_kernel
     queue(chunk_vector_intra_bwd_kernel, (triton.cdiv(K, BK) * (BT // BC), NT, H), q=x, k=k, gb=gb, dA=dA,
           dq=out_x, dk=out_k, cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, T=T, H=H, K=K, BT=BT, BC=BC, BK=BK,
           KP=KP, LIMIT=LIMIT, VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps, num_stages=num_stages)

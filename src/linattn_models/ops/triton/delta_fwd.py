@@ -26,6 +26,7 @@ Each kernel's launch function sits below it and takes keyword arguments; `queue(
 import triton
 import triton.language as tl
 
+from .chunk_fwd import chunk_vector_A_kernel
 from .common import GATE_SCALAR, GATE_VECTOR, chunk_bounds, load_tile, seq_bounds, store_tile
 
 _SCALAR: tl.constexpr = tl.constexpr(GATE_SCALAR)  # the gate kinds, as constants the kernels can read
@@ -168,7 +169,8 @@ def delta_recurrent_kernel(q, k, v, beta, g, h0, o, ht, cu_seqlens, scale, T, H:
                            V: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                            HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, VARLEN: tl.constexpr):
     """Token by token for sequence i_n, head i_h, V block i_v (the delta step reads all of K: KP ≥ K).
-    g is the raw log gate [T, H] (scalar) or [T, H, K] (vector). Each program reads its state tile first and writes the same tile last."""
+    g is the raw log gate [T, H] (scalar) or [T, H, K] (vector). Each program reads its state tile first and
+    writes the same tile last."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, L, _ = seq_bounds(i_n, cu_seqlens, cu_seqlens, T, 1, VARLEN)
@@ -209,7 +211,6 @@ def launch_pair(queue, *, x, k, gb, out, cu_seqlens, chunk_indices, T, NT, H, K,
     """Per-key-dimension gate: out [T, H, BT] (fp32) = ⟨x_i, k_j⟩ = Σ_d x_id k_jd e^{b_id − b_jd} for j ≤ i, else 0,
     by gated linear attention's rebased sub-chunk kernel (chunk_fwd.chunk_vector_A_kernel, scale 1):
     x = k gives G (the delta rule's A / β), x = q gives P."""
-    from .chunk_fwd import chunk_vector_A_kernel
     queue(chunk_vector_A_kernel, (BT // BC, NT, H), q=x, k=k, gb=gb, A=out, cu_seqlens=cu_seqlens,
           chunk_indices=chunk_indices, scale=1.0, T=T, H=H, K=K, BT=BT, BC=BC, BK=BK, KP=KP, LIMIT=LIMIT,
           VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps, num_stages=num_stages)

@@ -4,8 +4,8 @@ On CPU through Triton's interpreter; on a GPU compiled (the tests take the devic
 Forward output, final state and every gradient (dq, dk, dv, dbeta, dg, dh0; a random loss on both o and the final
 state, so dht is exercised) for no gate, the scalar gate and the per-key-dimension gate, chunk and recurrent mode,
 odd lengths, T = 1, varlen packs with a length-1 sequence, strong gates, beta near 0 and 1, q/k L2 normalisation,
-non-power-of-two head dims with K != V (up to 256), fp32 and fp16. Every output and scratch buffer of the kernels is NaN-poisoned first, so
-memory a kernel fails to write shows up as NaN. Relative error ‖x − ref‖ / ‖ref‖: fp32 ≤ 1e-4, fp16 ≤ 1e-2
+non-power-of-two head dims with K != V (up to 256), fp32 and fp16. Every output and scratch buffer of the kernels
+is NaN-poisoned first, so memory a kernel fails to write shows up as NaN. Relative error ‖x − ref‖ / ‖ref‖: fp32 ≤ 1e-4, fp16 ≤ 1e-2
 (fp32 on a GPU with TF32 matmuls: 5e-3). bf16 only on a GPU (the interpreter gives garbage for bf16, DESIGN.md).
 """
 import os

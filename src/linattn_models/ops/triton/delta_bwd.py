@@ -241,9 +241,8 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
 
 
 def launch_qk_bwd(queue, *, q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_q, ia_k, ib_q, ib_k, dq, dk, dgk,
-                  part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H, K, V, BT, BK, BV, GATE, VARLEN,
-                  DOT_PREC,
-                  num_warps, num_stages):
+                  part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H, K, V, BT, BK, BV, GATE,
+                  VARLEN, DOT_PREC, num_warps, num_stages):
     queue(delta_qk_bwd_kernel, (triton.cdiv(K, BK), NT, H), q=q, k=k, vn=vn, dvn=dvn, do=do, beta=beta, gb=gb,
           h=h, dh=dh, n_buf=n_buf, dpg=dpg, dag=dag, ia_q=ia_q, ia_k=ia_k, ib_q=ib_q, ib_k=ib_k, dq=dq, dk=dk, dgk=dgk,
           part_beta=part_beta, part_q=part_q, term=term,

@@ -40,7 +40,8 @@ def check(q, k, v, g, beta, h0, mode="chunk", dtype=torch.float32, final=True, *
     x = [cast(t) for t in (q, k, v, g, beta)] + [None if h0 is None else h0.float().to(DEVICE)]
     got = grads(*x, mode=mode, backend="triton", final=final, **kw)
     d = lambda t: None if t is None else t.double().cpu()  # noqa: E731
-    ref = grads(*[d(t) for t in x], mode="chunk", backend="torch", final=final, **kw)
+    ref_kw = {n: val.cpu() if isinstance(val, torch.Tensor) else val for n, val in kw.items()}  # cu_seqlens
+    ref = grads(*[d(t) for t in x], mode="chunk", backend="torch", final=final, **ref_kw)
     assert got.keys() == ref.keys()
     errs = {}
     for name, r in ref.items():

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .api import RECURRENT_MAX_T, _resolve_scale
+from .api import RECURRENT_MAX_T, _in_place, _resolve_scale
 from .delta_reference import l2norm, run_delta_torch
 from .dispatch import resolve_backend, triton_ops
 from .validate import check_inputs
@@ -27,7 +27,7 @@ def _run_delta(q, k, v, g, beta, use_qk_l2norm, scale, initial_state, output_fin
         q, k = l2norm(q), l2norm(k)
     if resolve_backend(backend, q.device) == "triton":
         return triton_ops().run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
-                                             cu_seqlens, mode)
+                                             cu_seqlens, mode, in_place=getattr(_in_place, "on", False))
     return run_delta_torch(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, mode)
 
 

@@ -91,11 +91,12 @@ class _DeltaProblem:
                      **self.common, **self.state_launch)
         return o, ht, h, vn
 
-    def forward(self, h0, want_final, mode):
+    def forward(self, h0, want_final, mode, in_place=False):
+        """in_place (recurrent mode): the final state is written into h0 (ops.api.final_state_in_place)."""
         p, c = self.p, self.cfg
         if mode == "recurrent":
             o = _new((p.TT, p.H, p.V), p.dtype, p.device)
-            ht = _new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None
+            ht = h0 if in_place else (_new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None)
             launch_recurrent(p._queue, q=p.q, k=p.k, v=p.v, beta=self.beta, g=self._g(p.g), h0=self._g(h0), o=o,
                              ht=self._g(ht), cu_seqlens=p.cu, scale=p.scale, T=p.T, N=p.N, H=p.H, K=p.K, V=p.V,
                              KP=c["KP_delta"], BV=c["BV_delta_rec"], GATE=p.GATE, HAS_H0=h0 is not None,
@@ -184,9 +185,10 @@ class _DeltaRule(torch.autograd.Function):
                 dbeta.view(beta.shape), dh0, None, None, None, None)
 
 
-def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode):
+def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode, in_place=False):
     """The delta rule through the Triton kernels; see ops/delta.py. g: None, [B, T, H] or [B, T, H, K] log decays.
-    Returns (o in q.dtype, final state [N, H, K, V] float32 or None)."""
+    Returns (o in q.dtype, final state [N, H, K, V] float32 or None). in_place: see ops.api.final_state_in_place
+    (honoured where safe: no grad, recurrent mode, no cu_seqlens, an fp32 contiguous initial state; else ignored)."""
     if q.dtype == torch.float64:
         raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
     B, T, H, K = q.shape
@@ -201,6 +203,11 @@ def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
         if initial_state is not None:
             return o, initial_state.float() + 0.0
         return o, torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device)
+    if (in_place and mode == "recurrent" and cu_seqlens is None and output_final_state and initial_state is not None
+            and initial_state.dtype == torch.float32 and initial_state.is_contiguous() and not torch.is_grad_enabled()):
+        # no autograd node (grad is off): Function.apply would hand back a view, not the buffer itself
+        o, ht = _DeltaProblem(q, k, v, g, beta, scale, None).forward(initial_state, True, mode, in_place=True)
+        return o.view(v.shape), ht
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
     return _DeltaRule.apply(q, k, v, g, beta, initial_state, scale, cu_seqlens, mode, bool(output_final_state))

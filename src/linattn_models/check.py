@@ -14,9 +14,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("linear_attention", "retention", "simple_gla", "gated_linear_attention", "delta_rule", "gated_delta_rule")
-# The delta rule ops take a step size beta [B, T, H] after the gate, and run with q/k L2 normalisation here.
-DELTA_FAMILIES = ("delta_rule", "gated_delta_rule")
+FAMILIES = ("linear_attention", "retention", "simple_gla", "gated_linear_attention", "delta_rule", "gated_delta_rule",
+            "kda")
+# The delta rule ops take a step size beta [B, T, H] after the gate, and run with q/k L2 normalisation here;
+# "kda" is gated_delta_rule with a per-key-dimension gate g [B, T, H, K].
+DELTA_FAMILIES = ("delta_rule", "gated_delta_rule", "kda")
+OP_OF_FAMILY = {"kda": "gated_delta_rule"}
 # ||out - ref|| / ||ref|| bounds: fp32 may run its matmuls in tf32 on a GPU.
 TOLERANCE = {torch.float32: 5e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -26,7 +29,7 @@ def random_op_inputs(family, B, T, H, K, V, N=None, gate_offset=0.0, strength=1.
     """Random inputs of an op: (q, k [B, T, H, K], v [B, T, H, V], g, h0 [N or B, H, K, V]); standard normal
     draws in `dtype` from `generator` (on its device, else `device`), then moved to `device`. g: None for linear
     attention, retention and the delta rule, log decays logsigmoid(randn + gate_offset) · strength of shape
-    [B, T, H] (simple GLA, gated delta rule) or [B, T, H, K] (GLA; family "gla" or "gated_linear_attention").
+    [B, T, H] (simple GLA, gated delta rule) or [B, T, H, K] (GLA, "gla" or "gated_linear_attention"; "kda").
     The one builder of the tests, the self-check and the GPU scripts, which differ only in offsets, strengths,
     dtypes and devices."""
     where = generator.device if generator is not None else device
@@ -37,7 +40,7 @@ def random_op_inputs(family, B, T, H, K, V, N=None, gate_offset=0.0, strength=1.
     g = None
     if family in ("simple_gla", "gated_delta_rule"):
         g = F.logsigmoid(r(B, T, H) + gate_offset) * strength
-    elif family in ("gla", "gated_linear_attention"):
+    elif family in ("gla", "gated_linear_attention", "kda"):
         g = F.logsigmoid(r(B, T, H, K) + gate_offset) * strength
     return q, k, v, g, r(N if N is not None else B, H, K, V)
 
@@ -64,7 +67,7 @@ def _run(family, x, dtype, mode, backend, cu):
               for n, t in x.items()}
     args = [leaves[n] for n in ("q", "k", "v", "g", "beta") if n in leaves]
     kw = dict(use_qk_l2norm=True) if family in DELTA_FAMILIES else {}
-    o, s = getattr(ops, family)(*args, initial_state=leaves["initial_state"], output_final_state=True,
+    o, s = getattr(ops, OP_OF_FAMILY.get(family, family))(*args, initial_state=leaves["initial_state"], output_final_state=True,
                                 cu_seqlens=cu, mode=mode, backend=backend, **kw)
     gen = torch.Generator(device="cpu").manual_seed(0)
     wo = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)

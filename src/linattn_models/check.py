@@ -14,7 +14,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-FAMILIES = ("linear_attention", "retention", "simple_gla", "gated_linear_attention")
+FAMILIES = ("linear_attention", "retention", "simple_gla", "gated_linear_attention", "delta_rule", "gated_delta_rule",
+            "kda")
+# The delta rule ops take a step size beta [B, T, H] after the gate, and run with q/k L2 normalisation here;
+# "kda" is gated_delta_rule with a per-key-dimension gate g [B, T, H, K].
+DELTA_FAMILIES = ("delta_rule", "gated_delta_rule", "kda")
+OP_OF_FAMILY = {"kda": "gated_delta_rule"}
 # ||out - ref|| / ||ref|| bounds: fp32 may run its matmuls in tf32 on a GPU.
 TOLERANCE = {torch.float32: 5e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -23,18 +28,19 @@ def random_op_inputs(family, B, T, H, K, V, N=None, gate_offset=0.0, strength=1.
                      dtype=torch.float64, device=None):
     """Random inputs of an op: (q, k [B, T, H, K], v [B, T, H, V], g, h0 [N or B, H, K, V]); standard normal
     draws in `dtype` from `generator` (on its device, else `device`), then moved to `device`. g: None for linear
-    attention and retention, log decays logsigmoid(randn + gate_offset) · strength of shape [B, T, H] (simple
-    GLA) or [B, T, H, K] (GLA; family "gla" or "gated_linear_attention"). The one builder of the tests, the
-    self-check and the GPU scripts, which differ only in offsets, strengths, dtypes and devices."""
+    attention, retention and the delta rule, log decays logsigmoid(randn + gate_offset) · strength of shape
+    [B, T, H] (simple GLA, gated delta rule) or [B, T, H, K] (GLA, "gla" or "gated_linear_attention"; "kda").
+    The one builder of the tests, the self-check and the GPU scripts, which differ only in offsets, strengths,
+    dtypes and devices."""
     where = generator.device if generator is not None else device
 
     def r(*shape):
         return torch.randn(*shape, generator=generator, dtype=dtype, device=where).to(device or where)
     q, k, v = r(B, T, H, K), r(B, T, H, K), r(B, T, H, V)
     g = None
-    if family == "simple_gla":
+    if family in ("simple_gla", "gated_delta_rule"):
         g = F.logsigmoid(r(B, T, H) + gate_offset) * strength
-    elif family in ("gla", "gated_linear_attention"):
+    elif family in ("gla", "gated_linear_attention", "kda"):
         g = F.logsigmoid(r(B, T, H, K) + gate_offset) * strength
     return q, k, v, g, r(N if N is not None else B, H, K, V)
 
@@ -47,6 +53,8 @@ def _inputs(family, device, T, H, K, V, cu_seqlens, seed):
     x = {"q": q, "k": k, "v": v, "initial_state": h0}
     if g is not None:
         x["g"] = g
+    if family in DELTA_FAMILIES:
+        x["beta"] = torch.sigmoid(torch.randn(q.shape[:3], generator=gen, dtype=torch.float64)).to(device)
     return x
 
 
@@ -57,9 +65,10 @@ def _run(family, x, dtype, mode, backend, cu):
     state_dtype = compute_dtype(dtype)
     leaves = {n: t.to(state_dtype if n == "initial_state" else dtype).detach().clone().requires_grad_(True)
               for n, t in x.items()}
-    args = [leaves["q"], leaves["k"], leaves["v"]] + ([leaves["g"]] if "g" in leaves else [])
-    o, s = getattr(ops, family)(*args, initial_state=leaves["initial_state"], output_final_state=True,
-                                cu_seqlens=cu, mode=mode, backend=backend)
+    args = [leaves[n] for n in ("q", "k", "v", "g", "beta") if n in leaves]
+    kw = dict(use_qk_l2norm=True) if family in DELTA_FAMILIES else {}
+    o, s = getattr(ops, OP_OF_FAMILY.get(family, family))(*args, initial_state=leaves["initial_state"], output_final_state=True,
+                                cu_seqlens=cu, mode=mode, backend=backend, **kw)
     gen = torch.Generator(device="cpu").manual_seed(0)
     wo = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)
     ws = torch.randn(s.shape, generator=gen, dtype=torch.float64).to(o.device)

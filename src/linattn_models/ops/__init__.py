@@ -1,9 +1,10 @@
 """The kernel core: causal (gated) linear attention in the [B, T, H, K] layout. See api.py."""
 from .api import (gated_linear_attention, linear_attention, normalize_linear_attention, retention,
                   retention_log_decays, simple_gla)
+from .delta import delta_rule, gated_delta_rule
 from .compat import *  # noqa: F401,F403  fla-compatible names (chunk_gla, fused_recurrent_gla, ...)
 from .compat import __all__ as _compat_all
 from .dispatch import resolve_backend
 
 __all__ = ["linear_attention", "retention", "simple_gla", "gated_linear_attention", "retention_log_decays",
-           "normalize_linear_attention", "resolve_backend"] + _compat_all
+           "normalize_linear_attention", "delta_rule", "gated_delta_rule", "resolve_backend"] + _compat_all

@@ -3,10 +3,13 @@
 `from fla.ops.gla import chunk_gla` becomes `from linattn_models.ops import chunk_gla`: same argument names,
 order and [B, T, H, K] layout, same (o, final_state) return. Arguments fla has that we do not implement
 (head_first=True, reverse=True, a value gate gv) raise an error naming them instead of being ignored.
+The delta rule names (chunk_delta_rule, chunk_gated_delta_rule, fused_recurrent_*) take fla's current argument
+order, use_qk_l2norm_in_kernel before cu_seqlens.
 """
 import torch
 
 from .api import _run, linear_attention, retention
+from .delta import delta_rule, gated_delta_rule
 from .reference import compute_dtype
 from .validate import check_inputs
 
@@ -96,10 +99,52 @@ def fused_recurrent_linear_attn(q, k, v, scale=None, initial_state=None, output_
                             mode="recurrent")
 
 
+def chunk_delta_rule(q, k, v, beta, scale=None, initial_state=None, output_final_state=False,
+                     use_qk_l2norm_in_kernel=False, cu_seqlens=None, **kw):
+    _reject(**kw)
+    return delta_rule(q, k, v, beta, use_qk_l2norm_in_kernel, scale, initial_state, output_final_state, cu_seqlens,
+                      mode="chunk")
+
+
+def fused_recurrent_delta_rule(q, k, v, beta=None, scale=None, initial_state=None, output_final_state=False,
+                               use_qk_l2norm_in_kernel=False, cu_seqlens=None, **kw):
+    """beta None: 1 for every token (fla's default)."""
+    _reject(**kw)
+    if beta is None:
+        beta = torch.ones(q.shape[:3], dtype=q.dtype, device=q.device)
+    return delta_rule(q, k, v, beta, use_qk_l2norm_in_kernel, scale, initial_state, output_final_state, cu_seqlens,
+                      mode="recurrent")
+
+
+def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                           use_qk_l2norm_in_kernel=False, cu_seqlens=None, **kw):
+    _reject(**kw)
+    return gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel, scale, initial_state, output_final_state,
+                            cu_seqlens, mode="chunk")
+
+
+def fused_recurrent_gated_delta_rule(q, k, v, g=None, gk=None, gv=None, beta=None, scale=None, initial_state=None,
+                                     output_final_state=False, use_qk_l2norm_in_kernel=False, cu_seqlens=None, **kw):
+    """g: [B, T, H] log decays, or gk: [B, T, H, K] per key dimension, or neither (the plain delta
+    rule); beta None: 1 for every token (fla's default)."""
+    _reject(gv=gv, **kw)
+    if g is not None and gk is not None:
+        raise ValueError("pass either g ([B, T, H]) or gk ([B, T, H, K]), not both")
+    if beta is None:
+        beta = torch.ones(q.shape[:3], dtype=q.dtype, device=q.device)
+    gate = g if g is not None else gk
+    if gate is None:
+        return delta_rule(q, k, v, beta, use_qk_l2norm_in_kernel, scale, initial_state, output_final_state,
+                          cu_seqlens, mode="recurrent")
+    return gated_delta_rule(q, k, v, gate, beta, use_qk_l2norm_in_kernel, scale, initial_state, output_final_state,
+                            cu_seqlens, mode="recurrent")
+
+
 # fla's fused_chunk_* variants compute the same thing as chunk_*.
 fused_chunk_gla, fused_chunk_simple_gla = chunk_gla, chunk_simple_gla
 fused_chunk_retention, fused_chunk_linear_attn = chunk_retention, chunk_linear_attn
 
 __all__ = ["chunk_gla", "fused_chunk_gla", "fused_recurrent_gla", "chunk_simple_gla", "fused_chunk_simple_gla",
            "fused_recurrent_simple_gla", "chunk_retention", "fused_chunk_retention", "fused_recurrent_retention",
-           "chunk_linear_attn", "fused_chunk_linear_attn", "fused_recurrent_linear_attn"]
+           "chunk_linear_attn", "fused_chunk_linear_attn", "fused_recurrent_linear_attn", "chunk_delta_rule",
+           "fused_recurrent_delta_rule", "chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule"]

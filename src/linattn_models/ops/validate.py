@@ -38,11 +38,13 @@ def _check_tensor(name, t, ndim):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
 
 
-def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=None, scale=None, mode="auto"):
+def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=None, scale=None, mode="auto",
+                 beta=None):
     """Validate the common op arguments; returns N, the number of sequences (B, or len(cu_seqlens) - 1).
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] (g_ndim=3) or [B, T, H, K] (g_ndim=4);
-    initial_state: [N, H, K, V] float32 (or float64 when q is float64); cu_seqlens: int [N+1], needs B == 1.
+    initial_state: [N, H, K, V] float32 (or float64 when q is float64); cu_seqlens: int [N+1], needs B == 1;
+    beta (the delta rule's step sizes): [B, T, H], values in (0, 1].
     """
     _check_tensor("q", q, 4)
     _check_tensor("k", k, 4)
@@ -66,6 +68,12 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
         if tuple(g.shape) != want:
             raise ValueError(f"g must have shape {want} ([B, T, H{'' if g_ndim == 3 else ', K'}]), got {tuple(g.shape)}")
         tensors["g"] = g
+    if beta is not None:
+        _check_tensor("beta", beta, 3)
+        if tuple(beta.shape) != (B, T, H):
+            raise ValueError(f"beta must have shape {(B, T, H)} ([B, T, H]: one step size per token and head of q), "
+                             f"got {tuple(beta.shape)}")
+        tensors["beta"] = beta
     if cu_seqlens is not None:
         if not isinstance(cu_seqlens, torch.Tensor):
             raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
@@ -110,4 +118,10 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
             raise ValueError("g contains NaN or inf")
         if (g > 0).any():
             raise ValueError(f"g holds log decays and must be <= 0 (decay exp(g) in (0, 1]); max is {g.max().item():.4g}")
+    if beta is not None and values_checked(beta):
+        if not torch.isfinite(beta).all():
+            raise ValueError("beta contains NaN or inf")
+        if ((beta <= 0) | (beta > 1)).any():
+            raise ValueError(f"beta holds the delta rule's step sizes and must lie in (0, 1]; got min "
+                             f"{beta.min().item():.4g}, max {beta.max().item():.4g}")
     return N

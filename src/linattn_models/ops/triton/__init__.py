@@ -11,11 +11,14 @@
   chunk_fwd.py   per-chunk output (and the vector gate's intra-chunk matrix A); the one-pass forward
   chunk_bwd.py   per-chunk dq, dk, dv (and the vector gate's intra-chunk parts)
   recurrent.py   token-by-token form (decoding, mode="recurrent")
+  delta.py       the delta rule (DeltaNet, Gated DeltaNet, per-key-dimension gate): forward / backward as launches,
+                 its autograd function, `run_delta_triton`; kernels in delta_fwd.py, delta_bwd.py
   fused.py       RMSNorm (+ swish gate), rotary, SwiGLU;  normalizer.py: linear attention's normaliser
 Each kernel file ends with the host-side launch functions of its kernels (keyword arguments).
 The math: docs/math.md.
 """
 from . import alloc, fused  # noqa: F401
 from .attention import run_triton  # noqa: F401
+from .delta import run_delta_triton  # noqa: F401
 from .launch import INTERPRET  # noqa: F401
 from .normalizer import normalizer  # noqa: F401

@@ -1,0 +1,223 @@
+"""Triton backend of the delta rule (ops.delta_rule, ops.gated_delta_rule): `run_delta_triton` and its autograd
+function. Kernels in delta_fwd.py and delta_bwd.py (the math: docs/math.md, 'Delta rule'); gate kinds none, scalar and
+vector (per key dimension, KDA-style: its pair products by gated linear attention's rebased sub-chunk kernels).
+
+Forward (chunk): b = chunk-local cumsum of g (common.local_cumsum_kernel) → W, U, N per chunk (delta_wy) →
+the state pass with the output (delta_state, WRITE_O). mode="recurrent": delta_recurrent, token by token.
+Backward (both modes): b, W, U, N and the state pass RECOMPUTED (STORE_STATES: S_0 per chunk and V_new, fp32), as
+for gated linear attention (attention.py says why: memory) → reverse state pass (dS_C per chunk, dV_new,
+dh0) → dv, dP̃, dÃ (delta_intra_bwd) → dq, dk and the K-block shares of dβ, dg (delta_qk_bwd) → dβ, dg
+(delta_finish_bwd). The state passes hold the whole key dim (K ≤ MAX_K) of a [K, BV] fp32 state tile.
+"""
+import functools
+
+import torch
+
+from ..validate import refuse_double_backward
+from .alloc import cdiv, new, np2
+from .call import Call
+from .common import GATE_SCALAR, GATE_VECTOR, local_cumsum
+from .delta_bwd import launch_finish_bwd, launch_intra_bwd, launch_pair_bwd, launch_qk_bwd, launch_state_bwd
+from .delta_fwd import launch_pair, launch_recurrent, launch_state, launch_wy
+
+MAX_K = 256  # the state passes keep all of K on chip
+TILE = 64  # K / V tile width of the loops over K or V
+STATE_TILE_WIDE_K = 32  # V tile of the state passes when K > 128 (the [K, BV] fp32 state lives in registers)
+WIDE_K = 128
+
+
+@functools.lru_cache(maxsize=None)
+def _default_delta_config(K, V):
+    """Block sizes (not tuned yet; no autotune, so the first call is fast). The state passes run one program per
+    (sequence, head, V block) through the chunks in order, with fp32 operand tiles up to [BT, K] = [64, 256]:
+    they are not software-pipelined (stages 1, so the tiles are not double-buffered in shared memory) and take
+    8 warps for K > 128. Keys may be overridden through the ops' kernel_config=, as gated linear attention's."""
+    KP = np2(K)
+    return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, np2(V)), KP_delta=KP,
+                BV_delta_state=min(TILE if KP <= WIDE_K else STATE_TILE_WIDE_K, np2(V)),
+                BV_delta_rec=min(np2(V), max(16, 8192 // KP)),
+                warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=1)
+
+
+class _DeltaProblem:
+    """One call's shapes, views and launch settings: gated linear attention's Call (indexing, config, the
+    launch queue) plus beta and the delta rule's block sizes."""
+
+    def __init__(self, q, k, v, g, beta, scale, cu_seqlens, overrides=None):
+        gate = "none" if g is None else ("vector" if g.ndim == 4 else "scalar")
+        K, V = q.shape[-1], v.shape[-1]
+        overrides = overrides or {}
+        mine = _default_delta_config(K, V)  # the delta keys here, the shared ones (BT, BC, ...) to the Call
+        self.p = p = Call(q, k, v, g, gate, scale, cu_seqlens, {n: x for n, x in overrides.items() if n not in mine})
+        self.vector = p.GATE == GATE_VECTOR
+        self.beta = beta.contiguous().view(p.TT, p.H)
+        cfg = dict(mine)
+        cfg.update({n: x for n, x in overrides.items() if n in cfg})
+        self.cfg = cfg
+        self.common = dict(cu_seqlens=p.cu, T=p.T, H=p.H, BT=p.cfg["BT"], GATE=p.GATE, VARLEN=p.varlen)
+        self.common_nogate = {n: val for n, val in self.common.items() if n != "GATE"}
+        self.state_launch = dict(num_warps=cfg["warps_delta_state"], num_stages=cfg["stages_delta_state"])
+
+    def _g(self, x):
+        return x if x is not None else self.p.dummy
+
+    def pair(self, x, b, limit):
+        """Vector gate: the pair products ⟨x_i, k_j⟩ of each chunk [T, H, BT] (fp32); else a dummy."""
+        p = self.p
+        if not self.vector:
+            return p.dummy
+        out = new((p.TT, p.H, p.cfg["BT"]), torch.float32, p.device)
+        launch_pair(p.plan.queue, x=x, k=p.k, gb=b, out=out, chunk_indices=p.chunk_indices, NT=p.NT, K=p.K,
+                    BC=p.cfg["BC"], BK=p.cfg["BK_A"], KP=np2(p.K), LIMIT=limit, DOT_PREC=p.prec,
+                    **self.common_nogate, **p.launch)
+        return out
+
+    def wy(self, b, pk):
+        p, c = self.p, self.cfg
+        BT = p.cfg["BT"]
+        n_buf = new((p.TT, p.H, BT), torch.float32, p.device)
+        w = new((p.TT, p.H, p.K), torch.float32, p.device)
+        u = new((p.TT, p.H, p.V), torch.float32, p.device)
+        launch_wy(p.plan.queue, k=p.k, v=p.v, beta=self.beta, gb=b, pk=pk, n_out=n_buf, w=w, u=u,
+                  chunk_indices=p.chunk_indices, NT=p.NT, K=p.K, V=p.V, BK=c["BK_delta"], BV=c["BV_delta"],
+                  DOT_PREC=p.prec, **self.common, **p.launch)
+        return n_buf, w, u
+
+    def state(self, b, pq, w, u, h0, want_final, write_o, store_states):
+        p, c = self.p, self.cfg
+        o = new((p.TT, p.H, p.V), p.dtype, p.device) if write_o else None
+        ht = new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None
+        h = new((p.NT, p.H, p.K, p.V), torch.float32, p.device) if store_states else None
+        vn = new((p.TT, p.H, p.V), torch.float32, p.device) if store_states else None
+        launch_state(p.plan.queue, q=p.q, k=p.k, w=w, u=u, gb=b, pq=pq, h0=self._g(h0), o=self._g(o), ht=self._g(ht),
+                     h=self._g(h), vn=self._g(vn), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=p.K,
+                     V=p.V, KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_H0=h0 is not None,
+                     STORE_FINAL=want_final, WRITE_O=write_o, STORE_STATES=store_states, DOT_PREC=p.prec,
+                     **self.common, **self.state_launch)
+        return o, ht, h, vn
+
+    def forward(self, h0, want_final, mode, in_place=False):
+        """in_place (recurrent mode): the final state is written into h0 (final_state_in_place)."""
+        p, c = self.p, self.cfg
+        if mode == "recurrent":
+            o = new((p.TT, p.H, p.V), p.dtype, p.device)
+            ht = h0 if in_place else (new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None)
+            launch_recurrent(p.plan.queue, q=p.q, k=p.k, v=p.v, beta=self.beta, g=self._g(p.g), h0=self._g(h0), o=o,
+                             ht=self._g(ht), cu_seqlens=p.cu, scale=p.scale, T=p.T, N=p.N, H=p.H, K=p.K, V=p.V,
+                             KP=c["KP_delta"], BV=c["BV_delta_rec"], GATE=p.GATE, HAS_H0=h0 is not None,
+                             STORE_FINAL=want_final, VARLEN=p.varlen, num_warps=p.launch["num_warps"])
+            p.plan.run()
+            return o, ht
+        b = local_cumsum(p)
+        n_buf, w, u = self.wy(b, self.pair(p.k, b, p.diag_limit_A))
+        o, ht, _, _ = self.state(b, self.pair(p.q, b, p.diag_limit_A), w, u, h0, want_final, True, False)
+        p.plan.run()
+        return o, ht
+
+    def backward(self, do, dht, h0, want_dh0, beta_dtype):
+        p, c = self.p, self.cfg
+        TT, H, K, V, NT, BT = p.TT, p.H, p.K, p.V, p.NT, p.cfg["BT"]
+        dev = p.device
+        do = do.to(p.dtype).contiguous().view(TT, H, V)
+        b = local_cumsum(p)
+        pk, pq = self.pair(p.k, b, p.diag_limit_A), self.pair(p.q, b, p.diag_limit_A)
+        n_buf, w, u = self.wy(b, pk)
+        _, _, h, vn = self.state(b, pq, w, u, h0, False, False, True)
+        dh = new((NT, H, K, V), torch.float32, dev)
+        dvn = new((TT, H, V), torch.float32, dev)
+        dh0 = new((p.N, H, K, V), torch.float32, dev) if want_dh0 else None
+        launch_state_bwd(p.plan.queue, q=p.q, k=p.k, w=w, do=do, gb=b, pq=pq, dht=self._g(dht), dh=dh, dvn=dvn,
+                         dh0=self._g(dh0), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=K, V=V,
+                         KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_DHT=dht is not None, STORE_DH0=want_dh0,
+                         DOT_PREC=p.prec, **self.common, **self.state_launch)
+        dv = new((TT, H, V), p.dtype, dev)
+        dpg = new((TT, H, BT), torch.float32, dev)
+        dag = new((TT, H, BT), torch.float32, dev)
+        dbeta_v = new((TT, H), torch.float32, dev)
+        dgv = new((TT, H), torch.float32, dev)
+        launch_intra_bwd(p.plan.queue, v=p.v, do=do, beta=self.beta, gb=b, pk=pk, n_buf=n_buf, vn=vn, dvn=dvn, dv=dv,
+                         dpg=dpg, dag=dag, dbeta_v=dbeta_v, dgv=dgv, chunk_indices=p.chunk_indices, scale=p.scale,
+                         NT=NT, V=V, BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+        ia_q = ia_k = ib_q = ib_k = dgk = p.dummy
+        if self.vector:  # dP ⋆ K, dP ⋆ᵀ Q and D ⋆ K, D ⋆ᵀ K with the per-dimension pair factor
+            ia_q, ia_k, ib_q, ib_k = (new((TT, H, K), torch.float32, dev) for _ in range(4))
+            for x, dA, out_x, out_k in ((p.q, dpg, ia_q, ia_k), (p.k, dag, ib_q, ib_k)):
+                launch_pair_bwd(p.plan.queue, x=x, k=p.k, gb=b, dA=dA, out_x=out_x, out_k=out_k,
+                                chunk_indices=p.chunk_indices, NT=NT, K=K, BC=p.cfg["BC"], BK=p.cfg["BK_intra"],
+                                KP=np2(K), LIMIT=p.diag_limit, DOT_PREC=p.prec,
+                                **self.common_nogate, **p.launch)
+            dgk = new(p.g.shape, p.g.dtype, dev)
+        BK = c["BK_delta"]
+        NK = cdiv(K, BK)
+        dq = new((TT, H, K), p.dtype, dev)
+        dk = new((TT, H, K), p.dtype, dev)
+        part_beta = new((NK, TT, H), torch.float32, dev)
+        scalar = p.GATE == GATE_SCALAR
+        part_q = new((NK, TT, H), torch.float32, dev) if scalar else p.dummy
+        term = new((NK, NT, H), torch.float32, dev) if scalar else p.dummy
+        launch_qk_bwd(p.plan.queue, q=p.q, k=p.k, vn=vn, dvn=dvn, do=do, beta=self.beta, gb=b, h=h, dh=dh, n_buf=n_buf,
+                      dpg=dpg, dag=dag, ia_q=ia_q, ia_k=ia_k, ib_q=ib_q, ib_k=ib_k, dq=dq, dk=dk, dgk=dgk,
+                      part_beta=part_beta, part_q=part_q, term=term,
+                      chunk_indices=p.chunk_indices, scale=p.scale, TT=TT, NT=NT, K=K, V=V, BK=BK,
+                      BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+        dbeta = new((TT, H), beta_dtype, dev)
+        dg = new(p.g.shape, p.g.dtype, dev) if scalar else (dgk if self.vector else None)
+        launch_finish_bwd(p.plan.queue, dbeta_v=dbeta_v, dgv=dgv, part_beta=part_beta, part_q=part_q, term=term,
+                          dbeta=dbeta, dg=dg if scalar else p.dummy, chunk_indices=p.chunk_indices, TT=TT, NT=NT, NK=NK,
+                          num_warps=p.launch["num_warps"], **self.common)
+        p.plan.run()
+        return dq, dk, dv, dbeta, dg, dh0
+
+
+class _DeltaRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, h0, scale, cu_seqlens, mode, output_final_state, overrides):
+        o, ht = _DeltaProblem(q, k, v, g, beta, scale, cu_seqlens, overrides).forward(h0, output_final_state, mode)
+        ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens)
+        ctx.scale, ctx.overrides = scale, overrides
+        return o.view(v.shape), ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        refuse_double_backward("the delta rule ops on the Triton backend", "use backend='torch' for them")
+        q, k, v, g, beta, h0, cu_seqlens = ctx.saved_tensors
+        prob = _DeltaProblem(q, k, v, g, beta, ctx.scale, cu_seqlens, ctx.overrides)
+        if do is None:
+            do = torch.zeros_like(v)
+        dht = dht.contiguous() if dht is not None else None
+        dq, dk, dv, dbeta, dg, dh0 = prob.backward(do, dht, h0, h0 is not None and ctx.needs_input_grad[5],
+                                                   beta.dtype)
+        return (dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), None if dg is None else dg.view(g.shape),
+                dbeta.view(beta.shape), dh0, None, None, None, None, None)
+
+
+def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode, in_place=False,
+                     overrides=None):
+    """The delta rule through the Triton kernels; see ops/delta.py. g: None, [B, T, H] or [B, T, H, K] log decays.
+    Returns (o in q.dtype, final state [N, H, K, V] float32 or None). in_place: write the final state into
+    initial_state (honoured where safe: no grad, recurrent mode, no cu_seqlens, an fp32 contiguous initial state;
+    else ignored). overrides: kernel_config keys, the delta ones (_default_delta_config) and the shared ones."""
+    if q.dtype == torch.float64:
+        raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if K > MAX_K:
+        raise ValueError(f"the Triton delta rule supports head dims K <= {MAX_K}, got K={K}; use backend='torch'")
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if B * T == 0:  # nothing to run: the state passes through
+        o = v.new_zeros(v.shape).to(q.dtype)
+        if not output_final_state:
+            return o, None
+        if initial_state is not None:
+            return o, initial_state.float() + 0.0
+        return o, torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device)
+    if (in_place and mode == "recurrent" and cu_seqlens is None and output_final_state and initial_state is not None
+            and initial_state.dtype == torch.float32 and initial_state.is_contiguous() and not torch.is_grad_enabled()):
+        # no autograd node (grad is off): Function.apply would hand back a view, not the buffer itself
+        o, ht = _DeltaProblem(q, k, v, g, beta, scale, None, overrides).forward(initial_state, True, mode,
+                                                                              in_place=True)
+        return o.view(v.shape), ht
+    if initial_state is not None:
+        initial_state = initial_state.to(torch.float32).contiguous()
+    return _DeltaRule.apply(q, k, v, g, beta, initial_state, scale, cu_seqlens, mode, bool(output_final_state),
+                            overrides)

@@ -50,7 +50,8 @@ CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 OPS = {"linear_attention": "linear_attention", "retention": "retention", "simple_gla": "simple_gla",
-       "gla": "gated_linear_attention"}
+       "gated_linear_attention": "gated_linear_attention"}  # family (the op's name) -> op
+CASE_OF = {"gated_linear_attention": "gla"}  # case names: the family's, GLA's shortened
 CPU_REPS = 3  # the CPU timer (no do_bench there): median of this many calls after one warm-up
 
 
@@ -70,7 +71,7 @@ def op_inputs(family, B, T, H, D, dtype, seed=0):
     from linattn_models.check import random_op_inputs
     gen = torch.Generator(device=DEV).manual_seed(seed)
     q, k, v, g, _ = random_op_inputs(family, B, T, H, D, D, N=1, gate_offset=3.0, generator=gen, device=DEV,
-                                     strength=1 / 16 if family == "gla" else 1.0, dtype=torch.float32)
+                                     strength=1 / 16 if family == "gated_linear_attention" else 1.0, dtype=torch.float32)
     return tuple(None if t is None else t.to(dtype) for t in (q, k, v, g))
 
 
@@ -541,8 +542,8 @@ def ops(doc, tiny=None, **kw):
 
 
 CASES = {
-    **{f: ops(f"{f}: ours vs fla vs SDPA, T 2K/4K/8K at D=128, D 64/256 at 4K", families=[f])
-       for f in ("linear_attention", "retention", "gla")},
+    **{CASE_OF.get(f, f): ops(f"{f}: ours vs fla vs SDPA, T 2K/4K/8K at D=128, D 64/256 at 4K", families=[f])
+       for f in ("linear_attention", "retention", "gated_linear_attention")},
     # fla's chunk_simple_gla tuned for minutes on its first backward (docs/gpu.md): add it with --set no_fla=[]
     "simple_gla": ops("simple_gla: ours vs SDPA (fla left out: its first call tunes for minutes)",
                       families=["simple_gla"], no_fla=["simple_gla"]),
@@ -554,7 +555,7 @@ CASES = {
                                                       {**ONE_PASS, "warps_onepass": 8}],
                    tiny=dict(families=["linear_attention"], configs=[TWO_KERNEL, ONE_PASS])),
     "gla_paths": ops("sweep: GLA's sub-chunk matmul path vs elementwise (diag_limit 0), A-kernel tile BK_A; "
-                     "kernels per config", families=["gla"], extra_shapes=[], peers=[], profile=True,
+                     "kernels per config", families=["gated_linear_attention"], extra_shapes=[], peers=[], profile=True,
                      configs=[{}, {"diag_limit": 0.0}, {"BK_A": 16}, {"BK_A": 64}],
                      tiny=dict(configs=[{}, {"diag_limit": 0.0}], profile=False)),
     "first_call": Case("ops", first_call_case, "first fwd+bwd per op in a fresh process, empty Triton cache",

@@ -34,7 +34,7 @@ from linattn_models import ops  # noqa: E402
 from linattn_models.check import random_op_inputs  # noqa: E402
 from linattn_models.ops.reference import run_torch  # noqa: E402
 
-FAMILIES = ["linear", "retention", "simple_gla", "gla"]
+FAMILIES = ["linear_attention", "retention", "simple_gla", "gated_linear_attention"]
 TOL = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 1e-2, "fp16": 1e-2}
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESULTS = {"correct": [], "sweep": [], "timing": [], "first_call": [], "long": []}
@@ -65,15 +65,15 @@ def make_inputs(family, B, T, H, K, V, strength=1.0, N=None, seed=0, device=None
 
 
 def ours_fn(family):
-    f = {"linear": ops.linear_attention, "retention": ops.retention, "simple_gla": ops.simple_gla,
-         "gla": ops.gated_linear_attention}[family]
-    if family in ("linear", "retention"):
+    f = {"linear_attention": ops.linear_attention, "retention": ops.retention, "simple_gla": ops.simple_gla,
+         "gated_linear_attention": ops.gated_linear_attention}[family]
+    if family in ("linear_attention", "retention"):
         return lambda q, k, v, g, **kw: f(q, k, v, **kw)
     return lambda q, k, v, g, **kw: f(q, k, v, g, **kw)
 
 
 def fla_fn(family):
-    if family == "linear":
+    if family == "linear_attention":
         from fla.ops.linear_attn import chunk_linear_attn
         return lambda q, k, v, g, **kw: chunk_linear_attn(q, k, v, normalize=False, **kw)
     if family == "retention":
@@ -208,7 +208,7 @@ def section_correct(args):
             ("kv_fp32", fam, "fp32", 1, 1024, 4, 128, 256, 1.0, None, "chunk"),
             ("kv_rec", fam, "bf16", 2, 300, 8, 128, 256, 1.0, None, "recurrent"),
         ]
-        if fam in ("simple_gla", "gla"):
+        if fam in ("simple_gla", "gated_linear_attention"):
             cases.append(("strong", fam, "bf16", 1, 2048, 16, 128, 128, 8.0, None, "chunk"))
     for c in cases:
         if args.tags and c[0] not in args.tags:
@@ -398,12 +398,12 @@ q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16, requires
 g = None
 if fam == "simple_gla":
     g = F.logsigmoid(torch.randn(B, T, H, device="cuda") + 2).bfloat16().requires_grad_(True)
-if fam == "gla":
+if fam == "gated_linear_attention":
     g = F.logsigmoid(torch.randn(B, T, H, D, device="cuda") + 2).bfloat16().requires_grad_(True)
 torch.cuda.synchronize()
 t1 = time.time()
-f = {"linear": ops.linear_attention, "retention": ops.retention, "simple_gla": ops.simple_gla,
-     "gla": ops.gated_linear_attention}[fam]
+f = {"linear_attention": ops.linear_attention, "retention": ops.retention, "simple_gla": ops.simple_gla,
+     "gated_linear_attention": ops.gated_linear_attention}[fam]
 o = (f(q, k, v, backend="triton") if g is None else f(q, k, v, g, backend="triton"))[0]
 torch.cuda.synchronize()
 t2 = time.time()
@@ -482,9 +482,9 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--budget-s", type=float, default=520.0, help="stop starting new cases after this many s")
     ap.add_argument("--timing-T", type=int, nargs="+", default=[2048, 4096, 8192])
-    ap.add_argument("--fla-families", nargs="+", default=["linear", "retention", "gla"],
+    ap.add_argument("--fla-families", nargs="+", default=["linear_attention", "retention", "gated_linear_attention"],
                     help="fla's chunk_simple_gla autotunes for minutes on its first backward (docs/gpu.md): off by default")
-    ap.add_argument("--sweep-families", nargs="+", default=["linear", "simple_gla", "gla"])
+    ap.add_argument("--sweep-families", nargs="+", default=["linear_attention", "simple_gla", "gated_linear_attention"])
     ap.add_argument("--sweep-D", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--families", nargs="+", default=FAMILIES, help="families of the 'correct' section")
     ap.add_argument("--first-call-families", nargs="+", default=FAMILIES)

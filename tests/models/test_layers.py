@@ -15,7 +15,7 @@ D, H = 32, 4
 
 def make_mixer(kind, **kw):
     torch.manual_seed(0)
-    if kind == "linear":
+    if kind == "linear_attention":
         m = LinearAttention(D, H, 8, 8, **kw)
     elif kind == "retention":
         m = MultiScaleRetention(D, H, 8, 16, **kw)
@@ -27,11 +27,11 @@ def make_mixer(kind, **kw):
 
 
 MIXERS = [
-    ("linear", dict(feature_map="elu", normalize=True)),
-    ("linear", dict(feature_map="relu", normalize=False, output_norm=True)),
-    ("linear", dict(feature_map="identity", normalize=False)),
-    ("linear", dict(feature_map="hedgehog", normalize=True, use_short_conv=True)),
-    ("linear", dict(feature_map="elementwise_product", tie_feature_map_qk=False, normalize=False, output_norm=True)),
+    ("linear_attention", dict(feature_map="elu", normalize=True)),
+    ("linear_attention", dict(feature_map="relu", normalize=False, output_norm=True)),
+    ("linear_attention", dict(feature_map="identity", normalize=False)),
+    ("linear_attention", dict(feature_map="hedgehog", normalize=True, use_short_conv=True)),
+    ("linear_attention", dict(feature_map="elementwise_product", tie_feature_map_qk=False, normalize=False, output_norm=True)),
     ("retention", dict()),
     ("retention", dict(use_short_conv=True)),
     ("gla", dict()),
@@ -105,7 +105,7 @@ def test_padding_rows_without_tokens_keep_state():
 
 def test_linear_attention_matches_quadratic_formula():
     """o_t = Σ_s (φ(q_t)·φ(k_s)) v_s / Σ_s φ(q_t)·φ(k_s) (Katharopoulos et al.), float64."""
-    m = make_mixer("linear", feature_map="elu", normalize=True)
+    m = make_mixer("linear_attention", feature_map="elu", normalize=True)
     x = torch.randn(2, 50, D, dtype=torch.float64)
     B, T, _ = x.shape
     q = F.elu(m.q_proj(x).view(B, T, H, 8)) + 1
@@ -294,7 +294,7 @@ def test_elementwise_product_feature_map():
 def test_untied_feature_maps_for_q_and_k():
     """tie_feature_map_qk=False: φ_q on q, φ_k on k, each with its own parameters;
     o_t = s Σ_{s≤t} (φ_q(q_t)·φ_k(k_s)) v_s, s = K^-1/2 (no normaliser)."""
-    m = make_mixer("linear", feature_map="elementwise_product", tie_feature_map_qk=False, normalize=False)
+    m = make_mixer("linear_attention", feature_map="elementwise_product", tie_feature_map_qk=False, normalize=False)
     assert not hasattr(m, "feature_map") and m.feature_map_q.weight is not m.feature_map_k.weight
     x = torch.randn(2, 30, D, dtype=torch.float64)
     B, T, _ = x.shape

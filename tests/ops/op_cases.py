@@ -4,7 +4,7 @@ import torch
 from linattn_models import ops
 from linattn_models.check import random_op_inputs
 
-FAMILIES = ["linear", "retention", "simple_gla", "gla"]
+FAMILIES = ["linear_attention", "retention", "simple_gla", "gated_linear_attention"]
 
 
 def make_inputs(family, B, T, H, K, V, strength=1.0, N=None, seed=None, dtype=torch.float64):
@@ -14,7 +14,7 @@ def make_inputs(family, B, T, H, K, V, strength=1.0, N=None, seed=None, dtype=to
 
 
 def call(family, q, k, v, g, **kw):
-    if family == "linear":
+    if family == "linear_attention":
         return ops.linear_attention(q, k, v, **kw)
     if family == "retention":
         return ops.retention(q, k, v, **kw)

@@ -40,7 +40,7 @@ def test_chunk_matches_recurrent(family, T, K, V):
     assert_close_all(grads(family, q, k, v, g, h0, "chunk"), grads(family, q, k, v, g, h0, "recurrent"))
 
 
-@pytest.mark.parametrize("family", ["simple_gla", "gla"])
+@pytest.mark.parametrize("family", ["simple_gla", "gated_linear_attention"])
 @pytest.mark.parametrize("strength", [1e-3, 1.0, 30.0, 300.0])
 def test_gate_strengths(family, strength):
     """Weak to very strong decay: per-chunk log gate sums reach thousands without overflow."""
@@ -88,7 +88,7 @@ def test_varlen_equals_separate(family, mode):
 
 def test_state_chaining_equals_one_run():
     """Two calls with the state carried over equal one call over the whole sequence."""
-    q, k, v, g, h0 = make_inputs("gla", 1, 120, 2, 16, 16, strength=2.0)
+    q, k, v, g, h0 = make_inputs("gated_linear_attention", 1, 120, 2, 16, 16, strength=2.0)
     o, s = ops.gated_linear_attention(q, k, v, g, initial_state=h0, output_final_state=True)
     o1, s1 = ops.gated_linear_attention(q[:, :77], k[:, :77], v[:, :77], g[:, :77], initial_state=h0,
                                         output_final_state=True)
@@ -110,7 +110,7 @@ def test_retention_decays():
 def test_definition_by_hand():
     """The recurrence written out in a few lines here (independent of reference.py) for one head."""
     T, K, V = 9, 4, 3
-    q, k, v, g, h0 = make_inputs("gla", 1, T, 1, K, V)
+    q, k, v, g, h0 = make_inputs("gated_linear_attention", 1, T, 1, K, V)
     S = h0[0, 0].clone()
     expect = []
     for t in range(T):
@@ -121,7 +121,7 @@ def test_definition_by_hand():
 
 
 def test_linear_normalize():
-    q, k, v, _, _ = make_inputs("linear", 1, 50, 2, 8, 8)
+    q, k, v, _, _ = make_inputs("linear_attention", 1, 50, 2, 8, 8)
     q, k = F.elu(q) + 1, F.elu(k) + 1
     o, _ = ops.linear_attention(q, k, v, normalize=True, mode="chunk")
     att = torch.einsum("bihd,bjhd->bhij", q, k).tril()
@@ -135,7 +135,7 @@ def test_linear_normalize():
 
 def test_normalizer_carried_in_pieces():
     """normalize_linear_attention with z0 from the previous piece equals one call (the layer's decode path)."""
-    q, k, v, _, _ = make_inputs("linear", 2, 40, 2, 8, 8)
+    q, k, v, _, _ = make_inputs("linear_attention", 2, 40, 2, 8, 8)
     q, k = F.elu(q) + 1, F.elu(k) + 1
     o, _ = ops.linear_attention(q, k, v)
     full, z_full = ops.normalize_linear_attention(o, q, k, 8 ** -0.5)
@@ -150,7 +150,7 @@ def test_normalizer_carried_in_pieces():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_low_precision_inputs(dtype):
-    q, k, v, g, h0 = make_inputs("gla", 1, 80, 2, 32, 32, strength=1.0)
+    q, k, v, g, h0 = make_inputs("gated_linear_attention", 1, 80, 2, 32, 32, strength=1.0)
     o, s = ops.gated_linear_attention(q.to(dtype), k.to(dtype), v.to(dtype), g.to(dtype),
                                       initial_state=h0.float(), output_final_state=True)
     ref, sref = run_torch(q, k, v, g, 32 ** -0.5, h0, True, None, "recurrent")
@@ -161,6 +161,6 @@ def test_low_precision_inputs(dtype):
 
 
 def test_empty_sequence():
-    q, k, v, g, h0 = make_inputs("gla", 1, 0, 2, 8, 8)
+    q, k, v, g, h0 = make_inputs("gated_linear_attention", 1, 0, 2, 8, 8)
     o, s = ops.gated_linear_attention(q, k, v, g, initial_state=h0, output_final_state=True, mode="chunk")
     assert o.shape == (1, 0, 2, 8) and torch.equal(s, h0)

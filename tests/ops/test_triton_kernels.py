@@ -101,7 +101,7 @@ def test_varlen(family, mode):
     check(family, *make_inputs(family, 1, sum(lens), 2, 16, 24, strength=2.0, N=len(lens)), mode=mode, cu=cu)
 
 
-@pytest.mark.parametrize("family", ["simple_gla", "gla"])
+@pytest.mark.parametrize("family", ["simple_gla", "gated_linear_attention"])
 @pytest.mark.parametrize("strength", [1e-3, 300.0])
 def test_gate_strength(family, strength):
     """Very strong gates: log gate sums reach thousands inside a chunk; nothing may overflow."""
@@ -130,7 +130,7 @@ def test_model_head_dims(family, dtype, mode, varlen):
         check(family, *make_inputs(family, 2, 600, 32, 128, 128, strength=2.0), mode=mode, dtype=dtype)
 
 
-@pytest.mark.parametrize("family", ["retention", "gla"])
+@pytest.mark.parametrize("family", ["retention", "gated_linear_attention"])
 def test_fp16_recurrent_varlen(family):
     lens = [50, 1, 30]
     cu = torch.tensor([0] + lens).cumsum(0)
@@ -146,15 +146,15 @@ def test_no_state(family):
 
 def test_large_head_dim_multiple_blocks():
     """K, V above one 64-wide tile: several K/V blocks in every kernel."""
-    check("gla", *make_inputs("gla", 1, 40, 1, 130, 72))
+    check("gated_linear_attention", *make_inputs("gated_linear_attention", 1, 40, 1, 130, 72))
     check("simple_gla", *make_inputs("simple_gla", 1, 40, 1, 130, 72))
 
 
 def test_non_contiguous_inputs():
-    q, k, v, g, h0 = make_inputs("gla", 2, 50, 2, 16, 16)
+    q, k, v, g, h0 = make_inputs("gated_linear_attention", 2, 50, 2, 16, 16)
     tq, tk, tv, tg = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v, g))
     assert not tq.is_contiguous()
-    check("gla", tq, tk, tv, tg, h0)
+    check("gated_linear_attention", tq, tk, tv, tg, h0)
 
 
 def test_poison_is_on():
@@ -163,12 +163,12 @@ def test_poison_is_on():
 
 
 def test_empty_and_float64():
-    q, k, v, g, h0 = (t.to(DEVICE) for t in make_inputs("gla", 1, 0, 2, 8, 8))
+    q, k, v, g, h0 = (t.to(DEVICE) for t in make_inputs("gated_linear_attention", 1, 0, 2, 8, 8))
     o, s = ops.gated_linear_attention(q.float(), k.float(), v.float(), g.float(), initial_state=h0.float(),
                                       output_final_state=True, backend="triton")
     assert o.shape == (1, 0, 2, 8) and torch.equal(s, h0.float())
     with pytest.raises(TypeError, match="float64"):
-        q, k, v, g, h0 = (t.to(DEVICE) for t in make_inputs("gla", 1, 5, 2, 8, 8))
+        q, k, v, g, h0 = (t.to(DEVICE) for t in make_inputs("gated_linear_attention", 1, 5, 2, 8, 8))
         ops.gated_linear_attention(q, k, v, g, backend="triton")
 
 
@@ -188,10 +188,10 @@ def test_gate_grad_error_does_not_grow_with_length():
 def test_vector_gate_both_sub_chunk_paths(diag_limit):
     """GLA's sub-chunk blocks: 0 sends every sub-chunk down the elementwise path, 80 every one (decays here are
     ~15 per sub-chunk) through the rebased matmuls; both must match the reference."""
-    check("gla", *make_inputs("gla", 2, 77, 2, 40, 24), kernel_config={"diag_limit": diag_limit})
+    check("gated_linear_attention", *make_inputs("gated_linear_attention", 2, 77, 2, 40, 24), kernel_config={"diag_limit": diag_limit})
 
 
-@pytest.mark.parametrize("family", ["linear", "retention", "simple_gla"])
+@pytest.mark.parametrize("family", ["linear_attention", "retention", "simple_gla"])
 @pytest.mark.parametrize("case", ["odd", "varlen", "no_state", "fp16", "wide", "one_token", "whole_chunks"])
 def test_onepass_forward(monkeypatch, family, case):
     """The one-pass forward (chunk_onepass_kernel; on by default only where the grid fills a GPU), forced on:

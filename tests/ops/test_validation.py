@@ -110,12 +110,12 @@ def _triton_ops_to_second_order():
         def f(x):
             B, T, H, K = x.shape
             g = -torch.rand(B, T, H, K, device=x.device)
-            return {"linear": lambda: ops.linear_attention(x, x * 2, x, backend="triton")[0],
+            return {"linear_attention": lambda: ops.linear_attention(x, x * 2, x, backend="triton")[0],
                     "retention": lambda: ops.retention(x, x * 2, x, backend="triton")[0],
                     "simple_gla": lambda: ops.simple_gla(x, x * 2, x, g[..., 0], backend="triton")[0],
-                    "gla": lambda: ops.gated_linear_attention(x, x * 2, x, g, backend="triton")[0]}[name]()
+                    "gated_linear_attention": lambda: ops.gated_linear_attention(x, x * 2, x, g, backend="triton")[0]}[name]()
         return f
-    yield from ((n, att(n)) for n in ("linear", "retention", "simple_gla", "gla"))
+    yield from ((n, att(n)) for n in ("linear_attention", "retention", "simple_gla", "gated_linear_attention"))
     yield "rms_norm", lambda x: fused.rms_norm(x, None, 1e-6, gate=x * 2, backend="triton")
     yield "swiglu", lambda x: fused.swiglu(x, x * 2, backend="triton")
     pos = lambda x: torch.arange(x.shape[1], device=x.device).expand(x.shape[:2])  # noqa: E731

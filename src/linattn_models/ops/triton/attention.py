@@ -18,7 +18,7 @@ import torch
 
 from ..validate import refuse_double_backward
 from . import chunk_bwd, chunk_fwd, common, recurrent, states
-from .call import Call
+from .call import Call, check_float_inputs, empty_result, writes_in_place
 from .alloc import new
 from .common import GATE_KINDS
 
@@ -106,23 +106,13 @@ def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_se
     in_place: write the final state into initial_state and return that buffer, where it is safe (a no-grad
     recurrent call without cu_seqlens, fp32 contiguous state); else ignored. overrides: config.kernel_config's.
     """
-    if q.dtype == torch.float64:
-        raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
+    check_float_inputs(q)
     if gate not in GATE_KINDS:
         raise ValueError(f"gate must be one of {tuple(GATE_KINDS)}, got {gate!r}")
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    if B * T == 0:  # nothing to run: the state passes through
-        o = v.new_zeros(v.shape).to(q.dtype)
-        if not output_final_state:
-            return o, None
-        if initial_state is not None:
-            return o, initial_state.float() + 0.0
-        return o, torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device)
-    if (in_place and mode == "recurrent" and cu_seqlens is None and output_final_state and initial_state is not None
-            and initial_state.dtype == torch.float32 and initial_state.is_contiguous() and not torch.is_grad_enabled()):
-        # no autograd node (grad is off): Function.apply would hand back a view, not the buffer itself
+    empty = empty_result(q, v, initial_state, output_final_state, cu_seqlens)
+    if empty is not None:
+        return empty
+    if writes_in_place(in_place, mode, cu_seqlens, output_final_state, initial_state):
         c = Call(q, k, v, g, gate, scale, None, overrides)
         o, ht = recurrent.recurrent_forward(c, h0=initial_state, want_final=True, in_place=True)
         return o.view(v.shape[:3] + (v.shape[-1],)), ht

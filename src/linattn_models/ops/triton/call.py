@@ -8,6 +8,34 @@ from .config import kernel_config
 from .launch import Plan, dot_precision
 
 
+def check_float_inputs(q):
+    if q.dtype == torch.float64:
+        raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
+
+
+def empty_result(q, v, initial_state, output_final_state, cu_seqlens):
+    """(o, state) of a call without tokens (B·T == 0): nothing runs, the state passes through; else None."""
+    B, T, H, K = q.shape
+    if B * T:
+        return None
+    o = v.new_zeros(v.shape).to(q.dtype)
+    if not output_final_state:
+        return o, None
+    if initial_state is not None:
+        return o, initial_state.float() + 0.0
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    return o, torch.zeros(N, H, K, v.shape[-1], dtype=torch.float32, device=q.device)
+
+
+def writes_in_place(in_place, mode, cu_seqlens, output_final_state, initial_state):
+    """Whether a call may write its final state into initial_state (final_state_in_place): a no-grad recurrent
+    call without cu_seqlens on an fp32 contiguous state. No autograd node then (Function.apply would hand back a
+    view, not the buffer itself), and each program reads its state tile first and writes the same tile last."""
+    return (in_place and mode == "recurrent" and cu_seqlens is None and output_final_state
+            and initial_state is not None and initial_state.dtype == torch.float32
+            and initial_state.is_contiguous() and not torch.is_grad_enabled())
+
+
 class Call:
     """One op call on the Triton kernels.
 

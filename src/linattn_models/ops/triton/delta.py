@@ -15,7 +15,7 @@ import torch
 
 from ..validate import refuse_double_backward
 from .alloc import cdiv, new, np2
-from .call import Call
+from .call import Call, check_float_inputs, empty_result, writes_in_place
 from .common import GATE_SCALAR, GATE_VECTOR, local_cumsum
 from .delta_bwd import launch_finish_bwd, launch_intra_bwd, launch_pair_bwd, launch_qk_bwd, launch_state_bwd
 from .delta_fwd import launch_pair, launch_recurrent, launch_state, launch_wy
@@ -197,23 +197,14 @@ def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
     Returns (o in q.dtype, final state [N, H, K, V] float32 or None). in_place: write the final state into
     initial_state (honoured where safe: no grad, recurrent mode, no cu_seqlens, an fp32 contiguous initial state;
     else ignored). overrides: kernel_config keys, the delta ones (_default_delta_config) and the shared ones."""
-    if q.dtype == torch.float64:
-        raise TypeError("the Triton backend takes float32/float16/bfloat16 inputs; use backend='torch' for float64")
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    check_float_inputs(q)
+    K = q.shape[-1]
     if K > MAX_K:
         raise ValueError(f"the Triton delta rule supports head dims K <= {MAX_K}, got K={K}; use backend='torch'")
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    if B * T == 0:  # nothing to run: the state passes through
-        o = v.new_zeros(v.shape).to(q.dtype)
-        if not output_final_state:
-            return o, None
-        if initial_state is not None:
-            return o, initial_state.float() + 0.0
-        return o, torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device)
-    if (in_place and mode == "recurrent" and cu_seqlens is None and output_final_state and initial_state is not None
-            and initial_state.dtype == torch.float32 and initial_state.is_contiguous() and not torch.is_grad_enabled()):
-        # no autograd node (grad is off): Function.apply would hand back a view, not the buffer itself
+    empty = empty_result(q, v, initial_state, output_final_state, cu_seqlens)
+    if empty is not None:
+        return empty
+    if writes_in_place(in_place, mode, cu_seqlens, output_final_state, initial_state):
         o, ht = _DeltaProblem(q, k, v, g, beta, scale, None, overrides).forward(initial_state, True, mode,
                                                                               in_place=True)
         return o.view(v.shape), ht

@@ -82,7 +82,20 @@ def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, pa
 
 
 class TokenMixer(nn.Module):
-    """Base class: a sequence mixer with a recurrent state kept in the cache under `layer_idx`."""
+    """Base class: a sequence mixer with a recurrent state kept in the cache under `layer_idx`.
+
+    Args:
+        hidden_size: width of the input and output x [B, T, hidden_size].
+        num_heads, head_k_dim, head_v_dim: heads and their key / value widths.
+        use_short_conv, conv_size: a short causal conv (+ SiLU) on q, k, v.
+        norm_eps: epsilon of the output norm.
+        layer_idx: this layer's slot in the cache.
+        mode: "auto" | "chunk" | "recurrent" (the ops' mode; `set_attn_mode` on the model sets every layer's).
+
+    forward(x, cache=None, padding=None, positions=None) -> [B, T, hidden_size]: cache is a
+    LinearAttentionCache (states read and written under layer_idx), padding a layers.Padding of the batch's
+    pads (packed out of the op call), positions the rotary positions where the mixer uses them.
+    """
 
     def __init__(self, layer_idx: int = 0, mode: str = "auto"):
         super().__init__()

@@ -17,22 +17,15 @@ from .common import TokenMixer, attend
 
 class MultiScaleRetention(TokenMixer):
     """The RetNet token mixer (module docstring: the math).
-    Args:
-        hidden_size: width of the input and output x [B, T, hidden_size].
-        num_heads, head_k_dim, head_v_dim: heads and their key / value widths.
-        use_short_conv, conv_size: a short causal conv (+ SiLU) on q, k, v.
-        norm_eps: epsilon of the output norm.
-        layer_idx: this layer's slot in the cache.
-        mode: "auto" | "chunk" | "recurrent" (the ops' mode; `set_attn_mode` on the model sets every layer's).
+
+    Args: those of TokenMixer (layers/common.py), and
         rope_theta: the rotary embedding's base.
-    forward(x, cache=None, padding=None, positions=None) -> [B, T, hidden_size]: cache is a
-    LinearAttentionCache (states read and written under layer_idx), padding a layers.Padding of the batch's
-    pads (packed out of the op call), positions the rotary positions where the mixer uses them.
 
     Example:
         >>> layer = MultiScaleRetention(hidden_size=256, num_heads=4, head_k_dim=32, head_v_dim=64)
         >>> y = layer(torch.randn(2, 100, 256))
     """
+
     def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int,
                  rope_theta: float = 10000.0, use_short_conv: bool = False, conv_size: int = 4,
                  norm_eps: float = 1e-6, layer_idx: int = 0, mode: str = "auto"):

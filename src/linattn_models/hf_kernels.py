@@ -107,6 +107,9 @@ def _packed_conv(original):
         kwargs = {k: v for k, v in kwargs.items()
                   if k not in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")}
         bounds = [int(x) for x in cu.tolist()]
+        # with a cache the layer prepends the cached conv state: it belongs to the first sequence
+        offset = hidden_states.shape[-1] - bounds[-1]
+        bounds = [0] + [b + offset for b in bounds[1:]]
         parts = [original(hidden_states[..., s:e], *args, **kwargs) for s, e in zip(bounds[:-1], bounds[1:])]
         return torch.cat(parts, dim=-1)
     causal_conv1d_fn._linattn_original = original

@@ -155,20 +155,23 @@ def test_unknown_model_and_backend():
         linattn_models.use_in_transformers(backend="cuda")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("key", MODELS)
-def test_packed_sequences(key):
+def test_packed_sequences(key, backend):
     """Two sequences packed in one row with cu_seq_lens_q (DataCollatorWithFlattening's flash-attention kwargs)
-    and restarting position_ids: the same logits as each sequence alone. transformers' torch fallback refuses it."""
+    and restarting position_ids, no cache (training: transformers' full-attention mask separates packed sequences
+    only without a cache): the same logits as each sequence alone. transformers' torch fallback refuses it."""
     model = _build(key).eval()
     a, b = _batch(T=10, B=1), _batch(T=14, B=1).flip(-1)
     packed = torch.cat([a, b], dim=1)
     position_ids = torch.cat([torch.arange(10), torch.arange(14)])[None].to(DEVICE)
     cu = torch.tensor([0, 10, 24], dtype=torch.int32, device=DEVICE)
-    kw = dict(position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=14, max_length_k=14)
+    kw = dict(use_cache=False, position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=14,
+              max_length_k=14)
     with torch.no_grad():
         with pytest.raises(ValueError, match="packed"):
             model(packed, **kw)
-        with linattn_models.use_in_transformers(key, backend="torch"):
+        with linattn_models.use_in_transformers(key, backend=backend):
             out = model(packed, **kw).logits
-            sep = torch.cat([model(a).logits, model(b).logits], dim=1)
+            sep = torch.cat([model(a, use_cache=False).logits, model(b, use_cache=False).logits], dim=1)
     assert _rel(out, sep) < 1e-4

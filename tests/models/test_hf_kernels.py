@@ -175,3 +175,32 @@ def test_packed_sequences(key, backend):
             out = model(packed, **kw).logits
             sep = torch.cat([model(a, use_cache=False).logits, model(b, use_cache=False).logits], dim=1)
     assert _rel(out, sep) < 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("key", MODELS)
+def test_cached_decode_matches_transformers(key, backend):
+    """Prefill with a cache (chunk op, final state into the cache), then one-token steps (the recurrent op, the
+    cached state as initial_state): the step logits equal transformers' own path."""
+    model = _build(key).eval()
+    x = _batch(T=12, B=2)
+
+    def run():
+        calls = []
+        original = hf_kernels._run
+        hf_kernels._run = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+        try:
+            with torch.no_grad():
+                out = model.generate(x, max_new_tokens=3, do_sample=False, output_logits=True,
+                                     return_dict_in_generate=True, pad_token_id=0)
+        finally:
+            hf_kernels._run = original
+        return out.sequences, torch.stack(out.logits, 1), calls
+
+    ref_seq, ref_logits, ref_calls = run()
+    assert ref_calls == []
+    with linattn_models.use_in_transformers(key, backend=backend):
+        seq, logits, calls = run()
+    assert "chunk" in calls and "recurrent" in calls
+    assert _rel(logits, ref_logits) < 1e-4
+    assert torch.equal(seq, ref_seq)

@@ -204,3 +204,48 @@ def test_cached_decode_matches_transformers(key, backend):
     assert "chunk" in calls and "recurrent" in calls
     assert _rel(logits, ref_logits) < 1e-4
     assert torch.equal(seq, ref_seq)
+
+
+def test_older_transformers_instance_attributes(monkeypatch):
+    """The layer pattern of older transformers (4.5x / early 5.x): fla's names or None at module level, the
+    functions chosen in __init__ as instance attributes and called as self.chunk_gated_delta_rule(...)."""
+    import sys
+    import types
+
+    fake = types.ModuleType("fake_modeling_gdn")
+
+    def torch_chunk_gated_delta_rule(*a, **k):
+        raise AssertionError("transformers' fallback called")
+
+    fake.torch_chunk_gated_delta_rule = torch_chunk_gated_delta_rule
+    fake.torch_recurrent_gated_delta_rule = torch_chunk_gated_delta_rule
+    fake.chunk_gated_delta_rule = fake.fused_recurrent_gated_delta_rule = None  # fla not installed
+
+    class FakeGatedDeltaNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.chunk_gated_delta_rule = fake.chunk_gated_delta_rule or fake.torch_chunk_gated_delta_rule
+            self.recurrent_gated_delta_rule = (fake.fused_recurrent_gated_delta_rule
+                                               or fake.torch_recurrent_gated_delta_rule)
+
+        def forward(self, q, k, v, g, beta, state=None):
+            fn = self.chunk_gated_delta_rule if state is None else self.recurrent_gated_delta_rule
+            return fn(q, k, v, g=g, beta=beta, initial_state=state, output_final_state=True,
+                      use_qk_l2norm_in_kernel=True)
+
+    fake.FakeGatedDeltaNet = FakeGatedDeltaNet
+    monkeypatch.setitem(sys.modules, "fake_modeling_gdn", fake)
+    monkeypatch.setitem(hf_kernels.MODELS, "fake", ("fake_modeling_gdn", "FakeGatedDeltaNet"))
+    before = FakeGatedDeltaNet()
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 8, 1, 16, generator=gen), torch.randn(1, 8, 1, 16, generator=gen)
+    v = torch.randn(1, 8, 2, 8, generator=gen)  # grouped value heads
+    g, beta = -torch.rand(1, 8, 2, generator=gen), torch.rand(1, 8, 2, generator=gen)
+    with linattn_models.use_in_transformers("fake", backend="torch"):
+        after = FakeGatedDeltaNet()
+        o1, s1 = before(q, k, v, g, beta)
+        o2, s2 = after(q, k, v, g, beta)
+        o3, s3 = after(q[:, :1], k[:, :1], v[:, :1], g[:, :1], beta[:, :1], state=s2)
+    assert torch.equal(o1, o2) and o1.shape == (1, 8, 2, 8) and s2.shape == (1, 2, 16, 8) and o3.shape[1] == 1
+    assert before.chunk_gated_delta_rule is torch_chunk_gated_delta_rule and fake.chunk_gated_delta_rule is None
+    assert FakeGatedDeltaNet().chunk_gated_delta_rule is torch_chunk_gated_delta_rule

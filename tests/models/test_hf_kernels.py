@@ -162,6 +162,10 @@ def test_packed_sequences(key, backend):
     and restarting position_ids, no cache (training: transformers' full-attention mask separates packed sequences
     only without a cache): the same logits as each sequence alone. transformers' torch fallback refuses it."""
     model = _build(key).eval()
+    import inspect
+    gdn_cls = next(type(m) for m in model.modules() if type(m).__name__ == hf_kernels.MODELS[key][1])
+    if "cu_seq_lens_q" not in inspect.getsource(gdn_cls.forward):
+        pytest.skip(f"this transformers' {gdn_cls.__name__} passes no cu_seqlens: no packed-sequence path")
     a, b = _batch(T=10, B=1), _batch(T=14, B=1).flip(-1)
     packed = torch.cat([a, b], dim=1)
     position_ids = torch.cat([torch.arange(10), torch.arange(14)])[None].to(DEVICE)
@@ -169,8 +173,10 @@ def test_packed_sequences(key, backend):
     kw = dict(use_cache=False, position_ids=position_ids, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=14,
               max_length_k=14)
     with torch.no_grad():
-        with pytest.raises(ValueError, match="packed"):
+        try:  # transformers' torch fallback (5.2x) refuses packed rows; other versions may mix them silently
             model(packed, **kw)
+        except ValueError as e:
+            assert "packed" in str(e)
         with linattn_models.use_in_transformers(key, backend=backend):
             out = model(packed, **kw).logits
             sep = torch.cat([model(a, use_cache=False).logits, model(b, use_cache=False).logits], dim=1)

@@ -6,6 +6,9 @@ triton (or transformers' modeling code); the model classes load on first use.
 
 fla checkpoints (model types gla, retnet, linear_attn): `linattn_models.convert_fla(src, dst)` or
 `python -m linattn_models.convert SRC DST` converts them into ours.
+
+transformers' own Gated DeltaNet models (Qwen3Next, OLMo Hybrid): `linattn_models.use_in_transformers()` makes
+their linear-attention layers call our delta-rule ops (hf_kernels.py).
 """
 __version__ = "0.1.0"
 
@@ -23,6 +26,7 @@ _LAZY = {name: ".models" for name in (
     "LinearTransformerForSequenceClassification", "RetNetModel", "RetNetForCausalLM",
     "RetNetForSequenceClassification", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification")}
 _LAZY["convert_fla"] = ".convert"
+_LAZY["use_in_transformers"] = ".hf_kernels"  # transformers' Qwen3Next / OLMo Hybrid GDN layers on our ops
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 

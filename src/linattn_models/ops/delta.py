@@ -43,7 +43,7 @@ def delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Te
         q: queries [B, T, H, K].
         k: keys [B, T, H, K]. Keep |k| <= 1 (use_qk_l2norm=True does it): the state then cannot grow (docs/math.md, 'Delta rule').
         v: values [B, T, H, V].
-        beta: step sizes [B, T, H] in (0, 1] (e.g. a sigmoid).
+        beta: step sizes [B, T, H] in (0, 1] (e.g. a sigmoid), or up to 2 (negative eigenvalues, 2·sigmoid).
         use_qk_l2norm: L2-normalise q and k over K first (eps 1e-6), with its gradient.
         scale: multiplies q; default K ** -0.5.
         initial_state: [N, H, K, V] float32 (float64 for float64 inputs), N = B or len(cu_seqlens) - 1.

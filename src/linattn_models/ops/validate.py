@@ -44,7 +44,8 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
 
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] (g_ndim=3) or [B, T, H, K] (g_ndim=4);
     initial_state: [N, H, K, V] float32 (or float64 when q is float64); cu_seqlens: int [N+1], needs B == 1;
-    beta (the delta rule's step sizes): [B, T, H], values in (0, 1].
+    beta (the delta rule's step sizes): [B, T, H], values in (0, 2] ((1, 2]: negative eigenvalues 1 - beta of
+    I - beta k k^T, as OLMo Hybrid's allow_neg_eigval; with |k| = 1 the state stays bounded either way).
     """
     _check_tensor("q", q, 4)
     _check_tensor("k", k, 4)
@@ -121,7 +122,7 @@ def check_inputs(q, k, v, g=None, g_ndim=None, initial_state=None, cu_seqlens=No
     if beta is not None and values_checked(beta):
         if not torch.isfinite(beta).all():
             raise ValueError("beta contains NaN or inf")
-        if ((beta <= 0) | (beta > 1)).any():
-            raise ValueError(f"beta holds the delta rule's step sizes and must lie in (0, 1]; got min "
+        if ((beta <= 0) | (beta > 2)).any():
+            raise ValueError(f"beta holds the delta rule's step sizes and must lie in (0, 2]; got min "
                              f"{beta.min().item():.4g}, max {beta.max().item():.4g}")
     return N

@@ -1,7 +1,8 @@
 """Pure-PyTorch delta rule: the ground truth, the CPU backend and the fallback everywhere (docs/math.md, 'Delta rule').
 
-Per sequence and head, with β_t in (0, 1], log gate g_t (None: DeltaNet; [.., H]: Gated DeltaNet, one per head
-and token; [.., H, K]: one per key dimension, KDA-style) and S_0 = initial_state:
+Per sequence and head, with β_t in (0, 2] (usually (0, 1]; above 1 the delta step has a negative eigenvalue), log
+gate g_t (None: DeltaNet; [.., H]: Gated DeltaNet, one per head and token; [.., H, K]: one per key dimension,
+KDA-style) and S_0 = initial_state:
 
     S_t = (I − β_t k_t k_tᵀ) Diag(e^{g_t}) S_{t−1} + β_t k_t v_tᵀ,      o_t = scale · S_tᵀ q_t
 

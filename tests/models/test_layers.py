@@ -389,3 +389,14 @@ def test_feature_map_argument_errors():
         LinearTransformerConfig(feature_map="t2r")
     with pytest.raises(ValueError, match="tie_feature_map_qk must be True or False, got 0"):
         LinearTransformerConfig(tie_feature_map_qk=0)
+
+
+@pytest.mark.parametrize("name", ["DeltaNetConfig", "GatedDeltaNetConfig"])
+def test_deltanet_config_errors(name):
+    import linattn_models
+    cls = getattr(linattn_models, name)
+    assert cls().use_short_conv is True
+    with pytest.raises(ValueError, match="use_short_conv must be True or False, got 'yes'"):
+        cls(use_short_conv="yes")
+    with pytest.raises(ValueError, match="conv_size must be an integer >= 2, got 1"):
+        cls(conv_size=1)

@@ -1,8 +1,9 @@
 """linattn_models: linear-attention language models for the transformers ecosystem, on one Triton kernel core.
 
-`import linattn_models` registers the three architectures (linattn_linear_transformer, linattn_retnet,
-linattn_gla) with the transformers Auto classes. It stays light: neither it nor `linattn_models.ops` imports
-triton (or transformers' modeling code); the model classes load on first use.
+`import linattn_models` registers the five architectures (linattn_linear_transformer, linattn_retnet,
+linattn_gla, linattn_deltanet, linattn_gated_deltanet) with the transformers Auto classes. It stays light:
+neither it nor `linattn_models.ops` imports triton (or transformers' modeling code); the model classes load on
+first use.
 
 fla checkpoints (model types gla, retnet, linear_attn): `linattn_models.convert_fla(src, dst)` or
 `python -m linattn_models.convert SRC DST` converts them into ours.
@@ -17,14 +18,17 @@ import os as _os
 from ._lazy import lazy_exports  # noqa: E402
 from . import ops  # noqa: E402,F401
 from . import models  # noqa: E402,F401  (registers the model types)
-from .models import GLAConfig, LinearTransformerConfig, RetNetConfig  # noqa: E402,F401
+from .models import (DeltaNetConfig, GatedDeltaNetConfig, GLAConfig, LinearTransformerConfig,  # noqa: E402,F401
+                     RetNetConfig)
 
 # the model classes and the converter load on first access (_lazy.py says why); `convert` lazily also so that
 # `python -m linattn_models.convert` runs that module fresh
 _LAZY = {name: ".models" for name in (
     "LinearAttentionCache", "LinearTransformerModel", "LinearTransformerForCausalLM",
     "LinearTransformerForSequenceClassification", "RetNetModel", "RetNetForCausalLM",
-    "RetNetForSequenceClassification", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification")}
+    "RetNetForSequenceClassification", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification",
+    "DeltaNetModel", "DeltaNetForCausalLM", "DeltaNetForSequenceClassification", "GatedDeltaNetModel", "GatedDeltaNetForCausalLM",
+    "GatedDeltaNetForSequenceClassification")}
 _LAZY["convert_fla"] = ".convert"
 _LAZY["use_in_transformers"] = ".hf_kernels"  # transformers' Qwen3Next / OLMo Hybrid GDN layers on our ops
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -3,7 +3,7 @@
 On CPU: when a call is eligible (and why not), that the eager path is untouched, the switches (method, env var),
 invalidation, the cache binding/ownership logic, and the in-place final state of the Triton recurrent kernel
 (through the interpreter). On a GPU: graph decoding equals eager decoding through `generate` (greedy, beam,
-sampling, padding, batch sizes, continued caches, interleaved caches) for the three architectures.
+sampling, padding, batch sizes, continued caches, interleaved caches) for every registered architecture.
 """
 import copy
 import pickle

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from linattn_models.layers import GatedLinearAttention, LinearAttention, MultiScaleRetention, Padding, attend
+from linattn_models.layers import (DeltaNet, GatedDeltaNet, GatedLinearAttention, LinearAttention, MultiScaleRetention,
+                                   Padding, attend)
 from linattn_models.models import LinearAttentionCache
 from linattn_models.modules import (GatedMLP, GatedRMSNorm, RMSNorm, RotaryEmbedding, ShortConvolution,
                                     get_feature_map)
@@ -19,6 +20,10 @@ def make_mixer(kind, **kw):
         m = LinearAttention(D, H, 8, 8, **kw)
     elif kind == "retention":
         m = MultiScaleRetention(D, H, 8, 16, **kw)
+    elif kind == "deltanet":
+        m = DeltaNet(D, H, 8, 8, **kw)
+    elif kind == "gated_deltanet":
+        m = GatedDeltaNet(D, H, 8, 8, **kw)
     else:
         m = GatedLinearAttention(D, H, 4, 8, **kw)
     for p in m.parameters():  # well-scaled random weights (default inits are tiny)
@@ -36,6 +41,10 @@ MIXERS = [
     ("retention", dict(use_short_conv=True)),
     ("gla", dict()),
     ("gla", dict(use_short_conv=True)),
+    ("deltanet", dict()),
+    ("deltanet", dict(use_short_conv=False)),
+    ("gated_deltanet", dict()),
+    ("gated_deltanet", dict(use_short_conv=False)),
 ]
 IDS = [f"{k}-{'-'.join(f'{a}={b}' for a, b in kw.items())}" for k, kw in MIXERS]
 
@@ -150,6 +159,64 @@ def test_gla_matches_recurrence():
     o = torch.stack(outs, 1)
     want = m.o_proj(m.g_norm(o, m.g_proj(x).view(B, T, H, 8)).reshape(B, T, -1))
     torch.testing.assert_close(run(m, x), want, rtol=1e-8, atol=1e-10)
+
+
+def delta_recurrence(m, x):
+    """The mixer by its definition, token by token in float64: SiLU(conv) q, k, v (when on), L2-normalised q, k
+    (x / sqrt(|x|² + 1e-6)), β = sigmoid(W_b x), g = −exp(A_log) softplus(W_a x + dt_bias) (gated),
+    S_t = e^{g_t} (I − β k kᵀ) S_{t−1} + β k vᵀ, o_t = S_tᵀ q_t / sqrt(K), then W_o (RMSNorm(o) ⊙ swish(W_g x))."""
+    B, T, _ = x.shape
+    K, V = m.head_k_dim, m.head_v_dim
+    q, k, v = m.q_proj(x), m.k_proj(x), m.v_proj(x)
+    if m.use_short_conv:
+        def conv(c, y):
+            W = c.kernel_size[0]
+            yp = F.pad(y, (0, 0, W - 1, 0))
+            return F.silu(sum(c.weight[:, 0, j] * yp[:, j:j + T] for j in range(W)))
+        q, k, v = conv(m.q_conv1d, q), conv(m.k_conv1d, k), conv(m.v_conv1d, v)
+    q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
+    q = q * torch.rsqrt((q * q).sum(-1, keepdim=True) + 1e-6)  # the ops' L2 norm: eps 1e-6 inside the root
+    k = k * torch.rsqrt((k * k).sum(-1, keepdim=True) + 1e-6)
+    beta = torch.sigmoid(m.b_proj(x))
+    g = -m.A_log.exp() * F.softplus(m.a_proj(x) + m.dt_bias) if m.gated else torch.zeros_like(beta)
+    S = torch.zeros(B, H, K, V, dtype=x.dtype)
+    outs = []
+    for t in range(T):
+        kt, vt, bt = k[:, t], v[:, t], beta[:, t, :, None, None]
+        S = g[:, t].exp()[..., None, None] * (S - bt * kt[..., :, None] * torch.einsum("bhk,bhkv->bhv", kt, S)[..., None, :])
+        S = S + bt * kt[..., :, None] * vt[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], S) * K ** -0.5)
+    o = torch.stack(outs, 1)
+    return m.o_proj(m.g_norm(o, m.g_proj(x).view(B, T, H, V)).reshape(B, T, -1))
+
+
+@pytest.mark.parametrize("kind,kw", [k for k in MIXERS if "deltanet" in k[0]],
+                         ids=[i for i in IDS if "deltanet" in i])
+def test_deltanet_matches_recurrence(kind, kw):
+    """DeltaNet / Gated DeltaNet (chunk and recurrent modes) against the delta rule written out token by token."""
+    m = make_mixer(kind, **kw)
+    x = torch.randn(2, 40, D, dtype=torch.float64)
+    want = delta_recurrence(m, x)
+    for mode in ("chunk", "recurrent"):
+        m.mode = mode
+        torch.testing.assert_close(run(m, x), want, rtol=1e-8, atol=1e-10)
+
+
+def test_deltanet_parameters_and_decay_init():
+    """fla's parameter names (g_norm where fla has o_norm); A ~ U(0, 16), dt = softplus(dt_bias) in [1e-3, 1e-1]."""
+    torch.manual_seed(0)
+    m = GatedDeltaNet(D, H, 8, 8)
+    names = {n for n, _ in m.named_parameters()}
+    assert names == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "q_conv1d.weight", "k_conv1d.weight",
+                     "v_conv1d.weight", "b_proj.weight", "a_proj.weight", "A_log", "dt_bias", "g_proj.weight",
+                     "g_norm.weight", "o_proj.weight"}
+    assert {n for n, _ in DeltaNet(D, H, 8, 8).named_parameters()} == names - {"a_proj.weight", "A_log", "dt_bias"}
+    assert m.A_log.shape == m.dt_bias.shape == m.b_proj.weight.shape[:1] == (H,)
+    A = m.A_log.exp()
+    assert ((A > 0) & (A < 16)).all()
+    dt = F.softplus(m.dt_bias)
+    assert ((dt >= 1e-3 * (1 - 1e-5)) & (dt <= 0.1 * (1 + 1e-5))).all()
+    assert m.A_log._no_weight_decay and m.dt_bias._no_weight_decay
 
 
 @pytest.mark.parametrize("kind,kw", MIXERS[::2], ids=IDS[::2])
@@ -322,3 +389,14 @@ def test_feature_map_argument_errors():
         LinearTransformerConfig(feature_map="t2r")
     with pytest.raises(ValueError, match="tie_feature_map_qk must be True or False, got 0"):
         LinearTransformerConfig(tie_feature_map_qk=0)
+
+
+@pytest.mark.parametrize("name", ["DeltaNetConfig", "GatedDeltaNetConfig"])
+def test_deltanet_config_errors(name):
+    import linattn_models
+    cls = getattr(linattn_models, name)
+    assert cls().use_short_conv is True
+    with pytest.raises(ValueError, match="use_short_conv must be True or False, got 'yes'"):
+        cls(use_short_conv="yes")
+    with pytest.raises(ValueError, match="conv_size must be an integer >= 2, got 1"):
+        cls(conv_size=1)

@@ -1,4 +1,4 @@
-"""The three registered architectures (tiny configs, CPU): Auto classes, save/load, generation, training."""
+"""Every registered architecture (tiny configs, CPU): Auto classes, save/load, generation, training."""
 import json
 import os
 import subprocess

@@ -1,8 +1,10 @@
-"""Token mixers: LinearAttention, MultiScaleRetention, GatedLinearAttention (all on linattn_models.ops)."""
+"""Token mixers: LinearAttention, MultiScaleRetention, GatedLinearAttention, DeltaNet, GatedDeltaNet (all on
+linattn_models.ops)."""
 from .common import ATTN_MODES, Padding, TokenMixer, attend
+from .deltanet import DeltaNet, GatedDeltaNet
 from .gla import GatedLinearAttention
 from .linear_attention import LinearAttention
 from .retention import MultiScaleRetention
 
-__all__ = ["ATTN_MODES", "Padding", "TokenMixer", "attend", "GatedLinearAttention", "LinearAttention",
-           "MultiScaleRetention"]
+__all__ = ["ATTN_MODES", "Padding", "TokenMixer", "attend", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention",
+           "LinearAttention", "MultiScaleRetention"]

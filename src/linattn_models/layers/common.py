@@ -48,12 +48,14 @@ class Padding:
 
 
 def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, padding=None, mode="auto",
-           final_state_in_place=False, **kwargs):
+           final_state_in_place=False, extra=(), **kwargs):
     """Call an op from linattn_models.ops on [B, T, H, *] inputs, packing out the pads when `padding` is set.
 
+    The op gets (q, k, v[, g], *extra) positionally: `extra` holds further per-token tensors [B, T, H(, *)],
+    packed like q (e.g. the delta rule's beta: `attend(ops.delta_rule, q, k, v, extra=(beta,))`).
     Returns (o [B, T, H, V], final_state [B, H, K, V] fp32 or None). Rows without real tokens keep their
     initial state (zeros when there is none). final_state_in_place: passed to the op (unpadded calls only)."""
-    args = (q, k, v) if g is None else (q, k, v, g)
+    args = ((q, k, v) if g is None else (q, k, v, g)) + tuple(extra)
     if padding is None:
         return op(*args, initial_state=initial_state, output_final_state=output_final_state, mode=mode,
                   final_state_in_place=final_state_in_place, **kwargs)

@@ -1,8 +1,8 @@
-"""The three registered architectures. Importing this package registers them with the transformers Auto
+"""The five registered architectures. Importing this package registers them with the transformers Auto
 classes (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification).
 
-Model types: linattn_linear_transformer, linattn_retnet, linattn_gla (distinct from fla's retnet / gla /
-linear_attn). A model type already registered by another package is left alone, with a warning.
+Model types: linattn_linear_transformer, linattn_retnet, linattn_gla, linattn_deltanet, linattn_gated_deltanet
+(distinct from fla's retnet / gla / linear_attn / delta_net / gated_deltanet). A model type already registered by another package is left alone, with a warning.
 
 Usage (transformers 5.17 and 5.24):
 
@@ -24,11 +24,14 @@ import warnings
 
 from .._lazy import lazy_exports
 from .common import LinAttnConfig
+from .deltanet import DeltaNetConfig
+from .gated_deltanet import GatedDeltaNetConfig
 from .gla import GLAConfig
 from .linear_transformer import LinearTransformerConfig
 from .retnet import RetNetConfig
 
-CONFIGS = {"linear_transformer": LinearTransformerConfig, "retnet": RetNetConfig, "gla": GLAConfig}
+CONFIGS = {"linear_transformer": LinearTransformerConfig, "retnet": RetNetConfig, "gla": GLAConfig,
+           "deltanet": DeltaNetConfig, "gated_deltanet": GatedDeltaNetConfig}
 _HEADS = ("Model", "ForCausalLM", "ForSequenceClassification")
 _AUTO = ("AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification")
 _MODEL_NAMES = {f"{cfg.class_prefix}{h}": arch for arch, cfg in CONFIGS.items() for h in _HEADS}
@@ -117,7 +120,8 @@ REGISTERED_MODEL_TYPES = register_all()
 register_fla_placeholders()
 
 __all__ = ["CONFIGS", "REGISTERED_MODEL_TYPES", "model_classes", "register_all", "LinAttnConfig",
-           "LinearAttentionCache", "LinearTransformerConfig", "RetNetConfig", "GLAConfig", *_MODEL_NAMES]
+           "LinearAttentionCache", "LinearTransformerConfig", "RetNetConfig", "GLAConfig",
+           "DeltaNetConfig", "GatedDeltaNetConfig", *_MODEL_NAMES]
 
 
 _LAZY = {name: f".{arch}" for name, arch in _MODEL_NAMES.items()}

@@ -19,7 +19,7 @@ from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutp
                                            SequenceClassifierOutputWithPast)
 from transformers.utils import logging
 
-from ...layers import Padding, TokenMixer
+from ...layers import DeltaNet, Padding, TokenMixer
 from ...ops.validate import ATTN_MODES
 from ...modules import GatedMLP, LearnableFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
 from ...ops.fused import cross_entropy_sum
@@ -182,7 +182,8 @@ class LinAttnPreTrainedModel(PreTrainedModel):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, LearnableFeatureMap):  # hedgehog, elementwise_product: their own start values
+        elif isinstance(module, (LearnableFeatureMap, DeltaNet)):
+            # their own start values: hedgehog, elementwise_product; Gated DeltaNet's A_log, dt_bias
             for name, value in module.initial_parameters().items():
                 init.copy_(getattr(module, name), value)
 

@@ -39,6 +39,11 @@ def pytest_configure(config):
     else:  # the compiled kernels; an inherited TRITON_INTERPRET=1 would hand GPU tensors to the interpreter
         os.environ.pop("TRITON_INTERPRET", None)
     devices.set_device(choice)
+    # Under pytest-xdist each worker would start one CPU thread per core: with -n 15 on a 16-core GPU machine the
+    # CPU-side tests (the Trainer's, the models' on CPU tensors) then ran 10x slower than alone. Share the cores.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_report_header(config):

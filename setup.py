@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"linattn_models": ["tokenizer/*.json", "configs/**/*.json"]},
+    package_data={"linattn_models": ["tokenizer/*.json", "tokenizer/*.jinja", "configs/**/*.json"]},
     python_requires=">=3.10",
     # Ranges that both the CPU machines (torch 2.13, newest triton/transformers) and the GPU image
     # (torch 2.11, triton 3.6, transformers 5.17) satisfy.
@@ -27,6 +27,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],
         "bench": ["matplotlib>=3.8"],
+        "tensorboard": ["tensorboard>=2.14"],  # --report-to tensorboard
     },
     entry_points={"console_scripts": [
         "linattn-train = linattn_models.cli.train:cli",

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from linattn_models.cli.data import iter_stdlib_texts, is_eval_file, stdlib_dir  # noqa: E402
-from linattn_models.tokenizer import EOS_TOKEN, PAD_TOKEN  # noqa: E402
+from linattn_models.tokenizer import CHAT_TEMPLATE, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS  # noqa: E402
 
 
 def build(vocab_size: int, out: Path, min_frequency: int = 2) -> None:
@@ -36,7 +36,7 @@ def build(vocab_size: int, out: Path, min_frequency: int = 2) -> None:
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -51,6 +51,7 @@ def build(vocab_size: int, out: Path, min_frequency: int = 2) -> None:
         clean_up_tokenization_spaces=False,
         model_max_length=1_000_000,
     )
+    fast.chat_template = CHAT_TEMPLATE
     out.mkdir(parents=True, exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (out / name).unlink(missing_ok=True)

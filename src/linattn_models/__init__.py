@@ -30,6 +30,8 @@ _LAZY = {name: ".models" for name in (
     "DeltaNetModel", "DeltaNetForCausalLM", "DeltaNetForSequenceClassification", "GatedDeltaNetModel", "GatedDeltaNetForCausalLM",
     "GatedDeltaNetForSequenceClassification")}
 _LAZY["convert_fla"] = ".convert"
+_LAZY["tokenizer"] = ".tokenizer"  # the bundled tokenizer's module (BUNDLED_DIR, CHAT_TEMPLATE, ...)
+_LAZY["load_tokenizer"] = ".tokenizer"
 _LAZY["use_in_transformers"] = ".hf_kernels"  # transformers' Qwen3Next / OLMo Hybrid GDN layers on our ops
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 

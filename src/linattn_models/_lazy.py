@@ -10,7 +10,8 @@ import importlib
 
 def lazy_exports(package, names, before=None):
     """(__getattr__, __dir__) for a package module: `names` maps an exported name to the module (relative to
-    `package`) that defines it, imported on first access. `before`: called once before such an import (the model
+    `package`) that defines it, imported on first access; a name mapped to its own submodule (".tokenizer" for
+    "tokenizer") gives that submodule. `before`: called once before such an import (the model
     registry puts the real classes into the Auto mappings)."""
 
     def __getattr__(name):
@@ -18,7 +19,8 @@ def lazy_exports(package, names, before=None):
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         if before is not None:
             before()
-        return getattr(importlib.import_module(names[name], package), name)
+        module = importlib.import_module(names[name], package)
+        return module if names[name] == "." + name else getattr(module, name)
 
     def __dir__():
         import sys

@@ -80,7 +80,8 @@ def _run(family, x, dtype, mode, backend, cu):
 
 def check(device=None, backend=None, T=300, H=4, K=64, V=64, dtypes=None, verbose=True):
     """Run every op against the float64 torch reference; returns a list of (name, max rel error, passed)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .ops import default_device
+    device = torch.device(device or default_device())
     if dtypes is None:
         dtypes = [torch.float32, torch.bfloat16] if device.type != "cpu" else [torch.float32, torch.float16]
     cu = torch.tensor([0, 1, T // 3, T], device=device)
@@ -116,7 +117,8 @@ def main(argv=None):
     p.add_argument("--seq-len", type=int, default=300)
     p.add_argument("--head-dim", type=int, default=64)
     a = p.parse_args(argv)
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .ops import default_device
+    device = a.device or default_device()
     if a.backend == "triton" and device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernel module is first imported
     from .ops import resolve_backend

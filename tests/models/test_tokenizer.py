@@ -64,6 +64,32 @@ def test_special_tokens_and_batch(tok):
     assert (batch["input_ids"][0] == tok.pad_token_id).any()
 
 
+def test_chat_template_round_trip(tmp_path, tok):
+    """ChatML: the rendered text is exact, <|im_start|>/<|im_end|> are single special tokens, the template survives
+    save/load, and decoding the ids gives the rendered text back."""
+    from linattn_models.tokenizer import IM_END, IM_START
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def f(x):\n    return"},
+            {"role": "assistant", "content": " x + 1"}]
+    want = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\ndef f(x):\n    return<|im_end|>\n"
+            "<|im_start|>assistant\n x + 1<|im_end|>\n")
+    assert tok.apply_chat_template(msgs, tokenize=False) == want
+    prompt = tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    start, end = tok.convert_tokens_to_ids([IM_START, IM_END])
+    assert (start, end) == (2, 3) and len(tok) == 8192
+    ids = tok(want)["input_ids"]
+    assert ids.count(start) == 3 and ids.count(end) == 3 and tok.decode(ids) == want
+    assert tok.decode(ids, skip_special_tokens=True) == want.replace(IM_START, "").replace(IM_END, "")
+    tok.save_pretrained(tmp_path)
+    assert load_tokenizer(tmp_path).apply_chat_template(msgs, tokenize=False) == want
+
+
+def test_tokenizer_is_an_attribute_of_the_package():
+    import linattn_models
+    assert linattn_models.tokenizer.BUNDLED_DIR == BUNDLED_DIR
+    assert linattn_models.load_tokenizer is load_tokenizer
+
+
 def test_load_other_path_and_save(tmp_path, tok):
     tok.save_pretrained(tmp_path)
     t2 = load_tokenizer(tmp_path)

@@ -173,3 +173,15 @@ def test_environment_variables_in_one_place(monkeypatch):
     for src in (root / "src" / "linattn_models").rglob("*.py"):
         if src.name != "env.py":
             assert "os.environ.get(\"LINATTN" not in src.read_text(), src
+
+
+def test_default_device_is_any_accelerator_torch_sees(monkeypatch):
+    """The CLIs and the self-check run on the accelerator torch reports (an Intel XPU too), else on CPU."""
+    from linattn_models.ops import bf16_supported, default_device
+    real = torch.accelerator.current_accelerator(check_available=True)
+    assert default_device() == (real.type if real is not None else "cpu")
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("xpu"))
+    assert default_device() == "xpu"
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False: None)
+    assert default_device() == "cpu"
+    assert bf16_supported("cpu") is False

@@ -280,6 +280,18 @@ def test_bad_numbers(tmp_path, setup, capsys, extra, expected):
     assert not out.exists()
 
 
+def test_report_to_missing_integration_fails_fast(tmp_path, setup, capsys, monkeypatch):
+    """--report-to of an integration that is not installed: refused up front with the install hint, not a crash
+    after data loading (transformers' own availability check decides; made False here so the test never depends
+    on what this machine has)."""
+    from transformers.integrations import integration_utils
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: False)
+    out = tmp_path / "never"
+    msg = usage_error(capsys, train_cli.main, base(setup, out, "--report-to", "none,tensorboard"))
+    assert "--report-to tensorboard: the tensorboard package is not installed (pip install tensorboard" in msg
+    assert not out.exists()
+
+
 def test_unknown_set_key(tmp_path, setup, capsys):
     out = tmp_path / "never"
     msg = usage_error(capsys, train_cli.main, base(setup, out, "--set", "hiden_size=32"))

@@ -165,6 +165,23 @@ def _check_values(args) -> None:
     if args.overwrite and args.resume:
         raise UsageError("--overwrite and --resume exclude each other: --overwrite starts a new run in "
                          "--output-dir, --resume continues the one there")
+    _check_report_to(args.report_to)
+
+
+def _check_report_to(report_to: str) -> None:
+    """Refuse a --report-to integration that is not installed now, before data loading (the Trainer itself only
+    fails when it builds its callbacks, minutes later). Availability is transformers' own is_<name>_available."""
+    from transformers.integrations import integration_utils
+
+    from linattn_models.cli import UsageError
+
+    for name in (n.strip() for n in report_to.split(",")):
+        if name in ("", "none", "all"):
+            continue
+        available = getattr(integration_utils, f"is_{name}_available", None)
+        if available is not None and not available():
+            raise UsageError(f"--report-to {name}: the {name} package is not installed (pip install {name}"
+                             + (", or pip install -e '.[tensorboard]'" if name == "tensorboard" else "") + ")")
 
 
 def _check_output_dir(out: Path) -> None:

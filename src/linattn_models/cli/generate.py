@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
     ap.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     ap.add_argument("--tokenizer", help="tokenizer dir (default: the checkpoint's, else the bundled one)")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | ...")
+    ap.add_argument("--device", default="auto", help="auto (the accelerator torch sees: cuda, xpu, ...; else cpu) | cpu | cuda | cuda:1 | xpu | ...")
     ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                     help="auto: bfloat16 on a GPU that supports it, float32 on CPU")
     ap.add_argument("--seed", type=int, default=0)
@@ -47,6 +47,7 @@ def load_model_and_tokenizer(checkpoint: str, tokenizer: str | None = None, devi
     from transformers import AutoModelForCausalLM
 
     import linattn_models  # noqa: F401  (registers the model types with AutoConfig / AutoModelForCausalLM)
+    from linattn_models.ops import bf16_supported, default_device
     from linattn_models.tokenizer import load_tokenizer
 
     from linattn_models.cli import UsageError
@@ -56,9 +57,9 @@ def load_model_and_tokenizer(checkpoint: str, tokenizer: str | None = None, devi
         raise UsageError(f"checkpoint {ckpt}: " + ("no config.json in this directory" if ckpt.is_dir() else
                          "no such directory") + " (expected a checkpoint directory, e.g. runs/default)")
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     if dtype == "auto":
-        dt = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+        dt = torch.bfloat16 if bf16_supported(device) else torch.float32
     else:
         dt = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=dt).to(device).eval()

@@ -87,11 +87,10 @@ def write_report(results: dict, args, trainer, tokenizer, *, baseline: float, ev
         if world == 1:
             gen_model = trainer.model
         else:
-            import torch
             from transformers import AutoModelForCausalLM
 
-            gen_model = AutoModelForCausalLM.from_pretrained(str(out_dir)).to(
-                "cuda" if torch.cuda.is_available() else "cpu")
+            from linattn_models.ops import default_device
+            gen_model = AutoModelForCausalLM.from_pretrained(str(out_dir)).to(default_device())
         results["prompt"] = args.prompt
         results["sample"] = generate_sample(gen_model, tokenizer, args.prompt, args.sample_tokens, args.seed)
     results["total_time_s"] = round(time.time() - t_start, 1)

@@ -210,7 +210,7 @@ def _checkpointing_kwargs(training_args_cls, enable: bool) -> dict:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
 
 
-def training_arguments(args, out_dir: Path, precision: str, cuda: bool):
+def training_arguments(args, out_dir: Path, precision: str, accel: bool):
     """TrainingArguments from the flags: cosine schedule to --min-lr-ratio, evaluation and checkpoints
     every N steps (rotated by the Checkpoints callback, not the Trainer)."""
     from transformers import TrainingArguments
@@ -238,7 +238,7 @@ def training_arguments(args, out_dir: Path, precision: str, cuda: bool):
         logging_first_step=True,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not cuda,
+        use_cpu=not accel,
         seed=args.seed,
         dataloader_num_workers=args.workers,
         prediction_loss_only=True,
@@ -254,12 +254,15 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, *, max_time: float,
     import torch
     from transformers import default_data_collator
 
-    cuda = torch.cuda.is_available()
-    cpu_busy = 0.0 if cuda else set_cpu_threads(args.threads)
+    from linattn_models.ops import bf16_supported, default_device
+
+    device = default_device()  # the Trainer (accelerate) picks the same accelerator when use_cpu is False
+    accel = device != "cpu"
+    cpu_busy = 0.0 if accel else set_cpu_threads(args.threads)
     precision = args.precision
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    targs = training_arguments(args, out_dir, precision, cuda)
+        precision = "bf16" if bf16_supported(device) else "fp32"
+    targs = training_arguments(args, out_dir, precision, accel)
     trainer = _make_trainer_class()(
         model=model,
         args=targs,
@@ -276,7 +279,7 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, *, max_time: float,
     say(f"training: {targs.max_steps if targs.max_steps > 0 else '-'} steps"
         f"{f' or {max_time:.0f}s' if max_time else ''}, global batch "
         f"{trainer.meter.tokens_per_step // args.block_size} x {args.block_size} tokens, {precision}, "
-        f"{'cuda x%d' % targs.world_size if cuda else 'cpu (%d threads; %.1f of %d CPUs busy at start)' % (torch.get_num_threads(), cpu_busy, os.cpu_count() or 1)}")
+        f"{'%s x%d' % (device, targs.world_size) if accel else 'cpu (%d threads; %.1f of %d CPUs busy at start)' % (torch.get_num_threads(), cpu_busy, os.cpu_count() or 1)}")
     if max_time:
         say(f"  (training ends after {max_time:.0f}s or {targs.max_steps} steps, whichever comes first: "
             "the progress bar's total is the step limit)")

@@ -4,7 +4,7 @@ from .api import (gated_linear_attention, linear_attention, normalize_linear_att
 from .delta import delta_rule, gated_delta_rule
 from .compat import *  # noqa: F401,F403  fla-compatible names (chunk_gla, fused_recurrent_gla, ...)
 from .compat import __all__ as _compat_all
-from .dispatch import resolve_backend
+from .dispatch import bf16_supported, default_device, resolve_backend
 
 __all__ = ["linear_attention", "retention", "simple_gla", "gated_linear_attention", "retention_log_decays",
            "normalize_linear_attention", "delta_rule", "gated_delta_rule", "resolve_backend"] + _compat_all

@@ -12,6 +12,8 @@ that TRITON_INTERPRET can still be set by a test before the first kernel call.
 """
 import importlib
 
+import torch
+
 from .. import env
 
 BACKENDS = ("auto", "torch", "triton")
@@ -31,6 +33,22 @@ def triton_ops():
     if _triton_module is None:
         raise ImportError(f"the Triton backend is unavailable: {_triton_error}")
     return _triton_module
+
+
+def default_device() -> str:
+    """The accelerator torch sees (cuda, xpu, mps, ...), else "cpu": where the CLIs and the self-check run by
+    default. torch.accelerator knows every device type torch was built for, so an Intel XPU is found too."""
+    acc = torch.accelerator.current_accelerator(check_available=True)
+    return acc.type if acc is not None else "cpu"
+
+
+def bf16_supported(device) -> bool:
+    """Whether `device` (a type string or torch.device) does bf16 arithmetic natively (autocast's choice)."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return False
+    check = getattr(getattr(torch, kind, None), "is_bf16_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def resolve_backend(backend, device):

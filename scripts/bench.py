@@ -317,21 +317,27 @@ def first_call_child(spec):
 # -------------------------------------------------------------------------------------------------------- models
 
 def build_model(name, size, dtype=None):
-    """A randomly initialised causal LM: ours_<arch> (configs/<arch>/<size>.json), fla_<arch> (fla's model of
-    the same width, depth, heads and vocab as ours), llama (SDPA, same width and depth, head dim 64)."""
+    """A randomly initialised causal LM: ours_<arch> (configs/<arch>/<size>.json), ours_<arch>:<variant>
+    (configs/<arch>/<size>-<variant>.json, e.g. ours_gated_deltanet:hybrid), fla_<arch> (fla's model of the same
+    width, depth, heads and vocab as ours), llama (SDPA, same width and depth, head dim 64)."""
     from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
     import linattn_models
-    ours = lambda arch: AutoConfig.from_pretrained(linattn_models.configs_path(arch, size))  # noqa: E731
+    def ours(arch):
+        arch, _, variant = arch.partition(":")
+        return AutoConfig.from_pretrained(linattn_models.configs_path(arch, f"{size}-{variant}" if variant else size))
+
     if name.startswith("ours_"):
         cfg = ours(name[5:])
     elif name.startswith("fla_"):
         import fla  # noqa: F401  (registers fla's model types)
-        from fla.models import GLAConfig, LinearAttentionConfig, RetNetConfig
+        from fla.models import (DeltaNetConfig, GatedDeltaNetConfig, GLAConfig, LinearAttentionConfig,
+                                RetNetConfig)
         ref = ours(name[4:])
         common = dict(hidden_size=ref.hidden_size, num_hidden_layers=ref.num_hidden_layers, vocab_size=ref.vocab_size,
                       num_heads=ref.num_heads)
-        cls = {"retnet": RetNetConfig, "gla": GLAConfig, "linear_transformer": LinearAttentionConfig}[name[4:]]
+        cls = {"retnet": RetNetConfig, "gla": GLAConfig, "linear_transformer": LinearAttentionConfig,
+               "deltanet": DeltaNetConfig, "gated_deltanet": GatedDeltaNetConfig}[name[4:]]
         cfg = cls(**common)
     elif name == "llama":
         ref = ours("retnet")
@@ -530,7 +536,7 @@ OPS_PARAMS = dict(families=ALL_OPS, B=4, H=16, T=[2048, 4096, 8192], D=[128],
 OPS_TINY = dict(B=1, H=2, T=[64], D=[16], extra_shapes=[], dtype="fp32")
 TWO_KERNEL = {"onepass_min_programs": 1 << 30, "onepass_min_programs_scalar": 1 << 30}
 ONE_PASS = {"onepass_min_programs": 0, "onepass_min_programs_scalar": 0}
-ARCHS = ["linear_transformer", "retnet", "gla"]
+ARCHS = ["linear_transformer", "retnet", "gla", "deltanet", "gated_deltanet"]
 DECODE = dict(size="370m", prompts=[512, 2048, 16384], batches=[1, 8], new_tokens=64, repeats=3, step_iters=32,
               beam_new_tokens=16, tie_tol=0.125)
 DECODE_TINY = dict(size="tiny", prompts=[16, 48], batches=[1, 2], new_tokens=4, repeats=1, step_iters=2,

@@ -1,4 +1,4 @@
-"""Converting flash-linear-attention (fla 0.6.0) checkpoints into ours (issue 8), without fla installed.
+"""Converting flash-linear-attention (fla 0.6.0) checkpoints into ours (issues 8, 19), without fla installed.
 
 The fla checkpoints here are written by hand: config.json with fla's field names and defaults, and safetensors
 with fla's parameter names and shapes (random values). The expected fla -> ours name table is stated here,
@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 import linattn_models
 from devices import ROOT
-from linattn_models import GLAConfig, RetNetConfig
+from linattn_models import DeltaNetConfig, GatedDeltaNetConfig, GLAConfig, RetNetConfig
 
 H, D, L, VOCAB = 2, 64, 2, 100  # heads, hidden size, layers, vocab
 
@@ -38,6 +38,17 @@ FLA_CONFIGS = {
                         attn_mode="fused_chunk",
                         tie_feature_map_qk=False, norm_q=False, norm_k=False, norm_feature_map=False),
 }
+# fla 0.6.0's DeltaNetConfig / GatedDeltaNetConfig: no num_kv_heads, no elementwise_affine
+_DELTA = dict({k: v for k, v in _COMMON.items() if k not in ("num_kv_heads", "elementwise_affine")},
+              attn_mode="chunk", use_short_conv=True, allow_neg_eigval=False, conv_size=4, hidden_ratio=4)
+FLA_CONFIGS.update({
+    "delta_net": dict(_DELTA, model_type="delta_net", architectures=["DeltaNetForCausalLM"], expand_k=1.0,
+                      expand_v=1.0, use_gate=False, use_beta=True, use_output_norm=True, qk_norm="l2",
+                      qk_activation="silu"),
+    "gated_deltanet": dict(_DELTA, model_type="gated_deltanet", architectures=["GatedDeltaNetForCausalLM"],
+                           expand_v=2.0, use_gate=True, head_dim=16, num_v_heads=None,
+                           output_gate_activation="swish"),
+})
 
 # fla name -> our name, per layer (prefix model.layers.N.) and for the rest
 LAYER = {n: n for n in ("attn_norm.weight", "mlp_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
@@ -52,6 +63,12 @@ ATTN = {
     "retnet": {"attn.g_proj.weight": "attn.g_proj.weight", "attn.g_norm_swish_gate.weight": "attn.g_norm.weight"},
     "linear_attn": {"attn.norm.weight": "attn.o_norm.weight"},
 }
+# DeltaNet / Gated DeltaNet: fla's names, except the output norm o_norm, which is our g_norm when it is gated
+_DELTA_NAMES = ("q_conv1d.weight", "k_conv1d.weight", "v_conv1d.weight", "b_proj.weight", "g_proj.weight",
+                "o_norm.weight")
+ATTN["delta_net"] = {f"attn.{n}": f"attn.{n}" for n in _DELTA_NAMES}
+ATTN["gated_deltanet"] = {f"attn.{n}": f"attn.{n}" for n in _DELTA_NAMES + ("a_proj.weight", "A_log", "dt_bias")}
+GATED_OUTPUT_NORM = {"attn.o_norm.weight": "attn.g_norm.weight"}  # fla's use_gate=True
 TOP = {"model.embeddings.weight": "model.embed_tokens.weight", "model.norm.weight": "model.norm.weight",
        "lm_head.weight": "lm_head.weight"}
 # fla's learnable linear_attn feature maps (fla 0.6.0 modules/feature_map.py): nn.Linear(K, K) layers with bias,
@@ -63,18 +80,19 @@ TOP = {"model.embeddings.weight": "model.embed_tokens.weight", "model.norm.weigh
 FLA_FEATURE_MAP_LAYERS = {"hedgehog": ("layer",), "elementwise_product": ("layer1", "layer2")}
 
 
-def expected_name(fla_type, fla_name):
+def expected_name(c, fla_name):
     if fla_name in TOP:
         return TOP[fla_name]
     _, _, i, rest = fla_name.split(".", 3)
-    return f"model.layers.{i}." + {**LAYER, **ATTN[fla_type]}[rest]
+    table = {**LAYER, **ATTN[c["model_type"]], **(GATED_OUTPUT_NORM if c.get("use_gate") else {})}
+    return f"model.layers.{i}." + table[rest]
 
 
 def expected_state(c, tensors):
     """Our name -> expected tensor, for every fla tensor (feature maps transformed as in the table above)."""
-    out = {expected_name(c["model_type"], n): t for n, t in tensors.items() if ".feature_map_" not in n}
+    out = {expected_name(c, n): t for n, t in tensors.items() if ".feature_map_" not in n}
     layers = FLA_FEATURE_MAP_LAYERS.get(c["feature_map"] if c["model_type"] == "linear_attn" else None, ())
-    scale = 2 if c["feature_map"] == "hedgehog" else 1
+    scale = 2 if c.get("feature_map") == "hedgehog" else 1
     for i in range(L if layers else 0):
         p = f"model.layers.{i}.attn."
         ours = {"feature_map": "q"} if c["tie_feature_map_qk"] else {"feature_map_q": "q", "feature_map_k": "k"}
@@ -85,10 +103,18 @@ def expected_state(c, tensors):
     return out
 
 
+def fla_head_dims(c):
+    """(heads, head key dim, head value dim) of fla's layer for the config dict c."""
+    if c["model_type"] == "gated_deltanet":  # head_dim, and head_dim * expand_v per value head
+        return c["num_heads"], c["head_dim"], int(c["head_dim"] * c["expand_v"])
+    return c["num_heads"], int(D * c["expand_k"]) // c["num_heads"], int(D * c["expand_v"]) // c["num_heads"]
+
+
 def fla_shapes(c):
     """fla's parameter names and shapes for the config dict c."""
     t = c["model_type"]
-    K, V = int(D * c["expand_k"]), int(D * c["expand_v"])
+    nh, hk, hv = fla_head_dims(c)
+    K, V = nh * hk, nh * hv
     inter = 256 * ((int(D * c["hidden_ratio"] * 2 / 3) + 255) // 256)
     attn = {"q_proj.weight": (K, D), "k_proj.weight": (K, D), "v_proj.weight": (V, D), "o_proj.weight": (D, V)}
     if t in ("gla", "retnet"):
@@ -99,6 +125,14 @@ def fla_shapes(c):
         attn.update({"gk_proj.0.weight": (16, D), "gk_proj.1.weight": (K, 16), "gk_proj.1.bias": (K,)})
         if c["use_short_conv"]:
             attn.update({"q_conv1d.weight": (K, 1, 4), "k_conv1d.weight": (K, 1, 4), "v_conv1d.weight": (V, 1, 4)})
+    if t in ("delta_net", "gated_deltanet"):
+        W = c["conv_size"]
+        attn.update({"q_conv1d.weight": (K, 1, W), "k_conv1d.weight": (K, 1, W), "v_conv1d.weight": (V, 1, W),
+                     "b_proj.weight": (nh, D), "o_norm.weight": (hv,)})
+        if c["use_gate"]:
+            attn["g_proj.weight"] = (V, D)
+    if t == "gated_deltanet":
+        attn.update({"a_proj.weight": (nh, D), "A_log": (nh,), "dt_bias": (nh,)})
     if t == "linear_attn":
         attn["norm.weight"] = (V // H,)
         for layer in FLA_FEATURE_MAP_LAYERS.get(c["feature_map"], ()):
@@ -150,9 +184,12 @@ def check_placed(c, tensors, state):
 
 
 @pytest.mark.parametrize("fla_type,our_class", [("gla", "GLAForCausalLM"), ("retnet", "RetNetForCausalLM"),
-                                                ("linear_attn", "LinearTransformerForCausalLM")])
+                                                ("linear_attn", "LinearTransformerForCausalLM"),
+                                                ("delta_net", "DeltaNetForCausalLM"),
+                                                ("gated_deltanet", "GatedDeltaNetForCausalLM")])
 def test_convert_load_and_run(tmp_path, fla_type, our_class):
     src, c, tensors = write_fla(tmp_path / "fla", fla_type)
+    in_memory = linattn_models.convert_fla(src)
     with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
         json.dump({"model_max_length": 2048}, f)
     dst = linattn_models.convert_fla(src, tmp_path / "ours")
@@ -160,7 +197,7 @@ def test_convert_load_and_run(tmp_path, fla_type, our_class):
     model = AutoModelForCausalLM.from_pretrained(dst)
     assert type(model).__name__ == our_class
     cfg = model.config
-    assert (cfg.head_k_dim, cfg.head_v_dim) == (int(D * c["expand_k"]) // H, int(D * c["expand_v"]) // H)
+    assert (cfg.num_heads, cfg.head_k_dim, cfg.head_v_dim) == fla_head_dims(c)
     assert cfg.intermediate_size == 256 and cfg.rms_norm_eps == 1e-6 and not cfg.tie_word_embeddings
     assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (1, 2, None)
     with open(os.path.join(dst, "config.json")) as f:
@@ -171,8 +208,13 @@ def test_convert_load_and_run(tmp_path, fla_type, our_class):
     state = model.state_dict()
     check_placed(c, tensors, state)
     assert set(expected_state(c, tensors)) == set(state)  # nothing of ours left unfilled
+    if fla_type in ("delta_net", "gated_deltanet"):  # fla's defaults: DeltaNet ungated, Gated DeltaNet gated
+        assert cfg.use_output_gate == (fla_type == "gated_deltanet") and not cfg.allow_neg_eigval
+        assert cfg.use_short_conv and cfg.conv_size == 4
+    ids = torch.randint(0, VOCAB, (2, 12))
     with torch.no_grad():
-        logits = model(torch.randint(0, VOCAB, (2, 12))).logits
+        logits = model(ids).logits
+        assert torch.equal(logits, in_memory(ids).logits)  # saved and loaded: the same model
     assert logits.shape == (2, 12, VOCAB) and torch.isfinite(logits).all()
 
 

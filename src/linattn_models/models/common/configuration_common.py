@@ -19,7 +19,7 @@ from ...ops.validate import ATTN_MODES
 
 SHIM_MODULE = "linattn_shim"
 # flash-linear-attention's model types for the same architectures: their checkpoints need a conversion
-FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn")
+FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn", "delta_net", "gated_deltanet")
 # sizes derived from others when None: stored as None and computed on read (see __getattribute__)
 DERIVED_SIZES = ("head_k_dim", "head_v_dim", "intermediate_size")
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -286,6 +287,107 @@ def test_linear_attn_normaliser_warns(tmp_path):
         model = linattn_models.convert_fla(src)
     assert model.config.feature_map == "elu" and model.config.normalize_attention
     assert model.config.tie_feature_map_qk  # fla's tie_feature_map_qk=False means nothing for a map without weights
+
+
+@pytest.mark.parametrize("fla_type,overrides", [
+    ("delta_net", dict(use_gate=True)), ("delta_net", dict(allow_neg_eigval=True, use_output_norm=False)),
+    ("delta_net", dict(expand_k=0.5, expand_v=2.0, conv_size=3, tie_word_embeddings=True)),
+    ("gated_deltanet", dict(use_gate=False, output_gate_activation="sigmoid")),  # no gate: its activation unused
+    ("gated_deltanet", dict(allow_neg_eigval=True, output_gate_activation="silu", num_v_heads=H)),
+    ("gated_deltanet", dict(head_dim=32, expand_v=1.5, conv_size=2))])
+def test_delta_variants(tmp_path, fla_type, overrides):
+    src, c, tensors = write_fla(tmp_path, fla_type, **overrides)
+    model = linattn_models.convert_fla(src)
+    cfg = model.config
+    assert (cfg.num_heads, cfg.head_k_dim, cfg.head_v_dim) == fla_head_dims(c)
+    assert (cfg.use_output_gate, cfg.allow_neg_eigval) == (c["use_gate"], c["allow_neg_eigval"])
+    assert cfg.conv_size == c["conv_size"] and cfg.tie_word_embeddings == c["tie_word_embeddings"]
+    state = model.state_dict()
+    check_placed(c, tensors, state)
+    assert set(expected_state(c, tensors)) | {"lm_head.weight"} == set(state)
+
+
+def rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def fla_delta_mixer(c, t, p, x):
+    """fla 0.6.0's DeltaNet / GatedDeltaNet layer (layers/delta_net.py, layers/gated_deltanet.py) on x [B, T, D],
+    from its parameter names `t[p + name]`, with the delta rule run token by token."""
+    B, T, _ = x.shape
+    nh, hk, hv = fla_head_dims(c)
+
+    def short_conv(y, w):  # causal depthwise conv over time, taps w [C, 1, W] (w[:, 0, -1] on the current token)
+        W = w.shape[-1]
+        out = torch.zeros_like(y)
+        for j in range(W):
+            shift = W - 1 - j
+            out[:, shift:] += y[:, :T - shift] * w[:, 0, j]
+        return F.silu(out)
+
+    def l2(y):
+        return y * torch.rsqrt(y.pow(2).sum(-1, keepdim=True) + 1e-6)
+
+    q = l2(short_conv(x @ t[p + "q_proj.weight"].T, t[p + "q_conv1d.weight"]).view(B, T, nh, hk))
+    k = l2(short_conv(x @ t[p + "k_proj.weight"].T, t[p + "k_conv1d.weight"]).view(B, T, nh, hk))
+    v = short_conv(x @ t[p + "v_proj.weight"].T, t[p + "v_conv1d.weight"]).view(B, T, nh, hv)
+    beta = torch.sigmoid(x @ t[p + "b_proj.weight"].T) * (2 if c["allow_neg_eigval"] else 1)  # [B, T, H]
+    if c["model_type"] == "gated_deltanet":
+        decay = torch.exp(-t[p + "A_log"].exp() * F.softplus(x @ t[p + "a_proj.weight"].T + t[p + "dt_bias"]))
+    else:
+        decay = torch.ones_like(beta)
+    S = x.new_zeros(B, nh, hk, hv)
+    outs = []
+    for i in range(T):
+        S = decay[:, i, :, None, None] * S
+        err = v[:, i] - torch.einsum("bhk,bhkv->bhv", k[:, i], S)  # v_t - S^T k_t
+        S = S + beta[:, i, :, None, None] * k[:, i, :, :, None] * err[:, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i] * hk ** -0.5, S))
+    o = rms(torch.stack(outs, 1), t[p + "o_norm.weight"], c["norm_eps"])
+    if c["use_gate"]:
+        o = o * F.silu(x @ t[p + "g_proj.weight"].T).view(B, T, nh, hv)
+    return o.reshape(B, T, nh * hv) @ t[p + "o_proj.weight"].T
+
+
+def fla_delta_logits(c, t, ids):
+    """fla's DeltaNetForCausalLM / GatedDeltaNetForCausalLM: pre-norm blocks (attn_norm, mixer, residual,
+    mlp_norm, SwiGLU GatedMLP, residual), the final norm and the LM head."""
+    eps = c["norm_eps"]
+    x = t["model.embeddings.weight"][ids]
+    for i in range(L):
+        p = f"model.layers.{i}."
+        x = x + fla_delta_mixer(c, t, p + "attn.", rms(x, t[p + "attn_norm.weight"], eps))
+        h = rms(x, t[p + "mlp_norm.weight"], eps)
+        h = F.silu(h @ t[p + "mlp.gate_proj.weight"].T) * (h @ t[p + "mlp.up_proj.weight"].T)
+        x = x + h @ t[p + "mlp.down_proj.weight"].T
+    head = t["model.embeddings.weight" if c["tie_word_embeddings"] else "lm_head.weight"]
+    return rms(x, t["model.norm.weight"], eps) @ head.T
+
+
+@pytest.mark.parametrize("fla_type,overrides", [
+    ("delta_net", dict()), ("delta_net", dict(use_gate=True, allow_neg_eigval=True)),
+    ("gated_deltanet", dict()), ("gated_deltanet", dict(use_gate=False, allow_neg_eigval=True, conv_size=3))])
+def test_delta_logits_match_fla_math(tmp_path, fla_type, overrides):
+    """The converted model (float64) against fla's forward written out above, at 12 tokens (our recurrent mode)
+    and 40 (chunked)."""
+    c = dict(FLA_CONFIGS[fla_type], **overrides)
+    g = torch.Generator().manual_seed(1)
+    tensors = {n: torch.randn(s, generator=g) * 0.2 for n, s in fla_shapes(c).items()}
+    for n in tensors:
+        if n.endswith("norm.weight"):
+            tensors[n] = 1 + tensors[n]
+        elif n.endswith("A_log"):  # decays e^g of about 0.8 .. 0.95
+            tensors[n] = tensors[n] - 1.5
+    src, c, tensors = write_fla(tmp_path, fla_type, tensors=tensors, **overrides)
+    model = linattn_models.convert_fla(src).double()
+    t = {n: v.double() for n, v in tensors.items()}
+    for T in (12, 40):
+        ids = torch.randint(0, VOCAB, (2, T), generator=g)
+        with torch.no_grad():
+            got = model(ids).logits
+        want = fla_delta_logits(c, t, ids)
+        assert want.abs().max() > 0.5  # not a degenerate check
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("fla_type,field,value", [

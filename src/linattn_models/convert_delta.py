@@ -37,8 +37,8 @@ def delta_mixer_kwargs(c, require):
     D, H = c["hidden_size"], c["num_heads"]
     if not isinstance(H, int) or H <= 0:
         raise ValueError(f"fla config: num_heads must be a positive integer, got {H!r}")
-    require(c, "use_short_conv", (True,), "without its short convs fla applies SiLU to q, k and v, ours does not "
-                                          "(and our layer's q, k, v activation sits in the convs)")
+    require(c, "use_short_conv", (True,), "without short convs fla's layer applies SiLU to q, k and v, ours no "
+                                          "activation (ours sits in the convs)")
     if c["model_type"] == "delta_net":
         require(c, "qk_activation", ("silu",), "our DeltaNet applies SiLU to q and k (in the short convs)")
         require(c, "qk_norm", ("l2",), "our DeltaNet L2-normalises q and k")

@@ -396,7 +396,14 @@ def test_delta_logits_match_fla_math(tmp_path, fla_type, overrides):
     ("gla", "attnres_block_size", 2), ("gla", "expand_k", 0.3), ("gla", "some_new_option", 1),
     ("retnet", "feature_map", "elu"), ("retnet", "use_output_gate", False),
     ("linear_attn", "feature_map", "t2r"), ("linear_attn", "feature_map", "dpfp"),
-    ("linear_attn", "norm_q", True), ("linear_attn", "norm_k", True)])
+    ("linear_attn", "norm_q", True), ("linear_attn", "norm_k", True),
+    ("delta_net", "use_short_conv", False), ("delta_net", "qk_activation", "relu"), ("delta_net", "qk_norm", "sum"),
+    ("delta_net", "use_beta", False), ("delta_net", "attn", {"layers": [1], "num_heads": 2}),
+    ("delta_net", "attnres_block_size", 2), ("delta_net", "hidden_act", "relu"), ("delta_net", "expand_k", 0.3),
+    ("delta_net", "num_kv_heads", 1), ("delta_net", "elementwise_affine", False),
+    ("gated_deltanet", "num_v_heads", 2 * H), ("gated_deltanet", "output_gate_activation", "sigmoid"),
+    ("gated_deltanet", "use_short_conv", False), ("gated_deltanet", "attn", {"layers": [0], "num_heads": 2}),
+    ("gated_deltanet", "expand_v", 0.3), ("gated_deltanet", "expand_k", 1.0)])
 def test_unconvertible_config_is_named(tmp_path, fla_type, field, value):
     _, _, tensors = write_fla(tmp_path, fla_type)
     src, _, _ = write_fla(tmp_path, fla_type, tensors=tensors, **{field: value})
@@ -417,6 +424,25 @@ def test_tensor_errors_are_named(tmp_path):
         src, _, _ = write_fla(tmp_path, "gla", tensors=tensors)
         with pytest.raises(ValueError, match=message):
             linattn_models.convert_fla(src)
+
+
+def test_delta_tensor_errors_are_named(tmp_path):
+    _, _, good = write_fla(tmp_path, "gated_deltanet")
+    cases = [({k: v for k, v in good.items() if k != "model.layers.1.attn.A_log"},
+              r"missing.*model\.layers\.1\.attn\.A_log"),
+             ({**good, "model.layers.0.attn.q_conv1d.weight": torch.zeros(2 * 16, 1, 3)},
+              r"model\.layers\.0\.attn\.q_conv1d\.weight has shape \(32, 1, 3\)"),
+             ({**good, "model.layers.0.attn.q_conv1d.bias": torch.zeros(2 * 16)},  # fla's conv_bias=True
+              r"without a counterpart.*model\.layers\.0\.attn\.q_conv1d\.bias")]
+    for tensors, message in cases:
+        src, _, _ = write_fla(tmp_path, "gated_deltanet", tensors=tensors)
+        with pytest.raises(ValueError, match=message):
+            linattn_models.convert_fla(src)
+    # an ungated config with the gate's projection: the tensor is named
+    _, _, gated = write_fla(tmp_path / "d", "delta_net", use_gate=True)
+    src, _, _ = write_fla(tmp_path / "d", "delta_net", tensors=gated)
+    with pytest.raises(ValueError, match=r"without a counterpart.*model\.layers\.0\.attn\.g_proj\.weight"):
+        linattn_models.convert_fla(src)
 
 
 def test_sharded_checkpoint_and_dtype(tmp_path):
@@ -442,6 +468,10 @@ def test_loading_an_fla_dir_says_convert(tmp_path):
             load(gla)
     with pytest.raises(ValueError, match="convert"):
         RetNetConfig.from_pretrained(retnet)
+    for fla_type, cls in (("delta_net", DeltaNetConfig), ("gated_deltanet", GatedDeltaNetConfig)):
+        src, _, _ = write_fla(tmp_path / fla_type, fla_type)
+        with pytest.raises(ValueError, match=f"model_type '{fla_type}'.*\n.*linattn_models\\.convert"):
+            cls.from_pretrained(src)
 
 
 def test_auto_loading_an_fla_dir_says_convert(tmp_path):
@@ -451,7 +481,7 @@ def test_auto_loading_an_fla_dir_says_convert(tmp_path):
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
     if not CONFIG_MAPPING["linear_attn"].__module__.startswith("linattn_models"):
         pytest.skip("fla is imported in this process: its own configs own these model types")
-    for fla_type in ("gla", "retnet", "linear_attn"):
+    for fla_type in FLA_CONFIGS:
         src, _, _ = write_fla(tmp_path / fla_type, fla_type)
         for load in (AutoConfig.from_pretrained, AutoModelForCausalLM.from_pretrained):
             with pytest.raises(ValueError, match=f"fla\\) checkpoint \\(model_type '{fla_type}'\\).*\n.*convert"):
@@ -473,3 +503,6 @@ def test_cli(tmp_path, monkeypatch, capsys):
     bad, _, _ = write_fla(tmp_path / "bad", "linear_attn", feature_map="dpfp")
     assert run(bad, tmp_path / "ours2") == 2
     assert "error: fla config field feature_map='dpfp'" in capsys.readouterr().err
+    bad, _, _ = write_fla(tmp_path / "bad_delta", "delta_net", qk_norm="sum")
+    assert run(bad, tmp_path / "ours3") == 2
+    assert "error: fla config field qk_norm='sum'" in capsys.readouterr().err

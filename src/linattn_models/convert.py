@@ -6,11 +6,12 @@
 
 fla model type -> ours: `gla` -> linattn_gla, `retnet` -> linattn_retnet, `linear_attn` ->
 linattn_linear_transformer, `delta_net` -> linattn_deltanet, `gated_deltanet` -> linattn_gated_deltanet
-(convert_delta.py: those two types' fields and refusals). The conversion is exact or it is refused: every fla config field is either mapped,
-known not to change the forward math (kernel choice, fused-kernel switches, training-loss options), or must
-hold a value our layers compute identically; anything else, and any tensor without a counterpart or with the
-wrong shape, is a ValueError naming it. Field names and defaults are those of fla 0.6.0's GLAConfig,
-RetNetConfig, LinearAttentionConfig, DeltaNetConfig and GatedDeltaNetConfig (a field missing from config.json takes fla's default).
+(convert_delta.py: those two types' fields and refusals). The conversion is exact or it is refused: every fla
+config field is either mapped, known not to change the forward math (kernel choice, fused-kernel switches,
+training-loss options), or must hold a value our layers compute identically; anything else, and any tensor
+without a counterpart or with the wrong shape, is a ValueError naming it. Field names and defaults are those of
+fla 0.6.0's GLAConfig, RetNetConfig, LinearAttentionConfig, DeltaNetConfig and GatedDeltaNetConfig (a field
+missing from config.json takes fla's default).
 """
 import argparse
 import json
@@ -355,7 +356,8 @@ def _resolve_dtype(dtype, c, tensors):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Convert a flash-linear-attention (fla 0.6.0) checkpoint (model "
-                                                 "types gla, retnet, linear_attn, delta_net, gated_deltanet) into a linattn_models one.")
+                                                 "types gla, retnet, linear_attn, delta_net, gated_deltanet) into "
+                                                 "a linattn_models one.")
     parser.add_argument("src_dir", help="fla checkpoint directory (config.json + *.safetensors)")
     parser.add_argument("dst_dir", help="output directory (created)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,

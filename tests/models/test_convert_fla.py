@@ -307,6 +307,18 @@ def test_delta_variants(tmp_path, fla_type, overrides):
     assert set(expected_state(c, tensors)) | {"lm_head.weight"} == set(state)
 
 
+@pytest.mark.parametrize("cls", [DeltaNetConfig, GatedDeltaNetConfig])
+def test_delta_config_options(tmp_path, cls):
+    """The two fields the conversion needs: defaults unchanged (gated, β = sigmoid), checked, saved and loaded."""
+    assert (cls().use_output_gate, cls().allow_neg_eigval) == (True, False)
+    for field in ("use_output_gate", "allow_neg_eigval"):
+        with pytest.raises(ValueError, match=f"{field} must be True or False"):
+            cls(**{field: "no"})
+    cls(use_output_gate=False, allow_neg_eigval=True).save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path)
+    assert (loaded.use_output_gate, loaded.allow_neg_eigval) == (False, True)
+
+
 def rms(x, w, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 

@@ -9,7 +9,7 @@ class DeltaNetConfig(LinAttnConfig):
 
     Args: LinAttnConfig's; use_short_conv defaults to True (must be a bool), conv_size to 4 (>= 2), and
         use_output_gate: gate the normed output with swish(W_g x_t) (default True); False: per-head RMSNorm only.
-        allow_neg_eigval: β_t = 2 sigmoid(W_b x_t), so I − β_t k_t k_tᵀ has eigenvalues down to −1 (default False).
+        allow_neg_eigval: β_t = 2 sigmoid(W_b x_t): I − β_t k_t k_tᵀ has eigenvalues down to −1 (default False).
 
     Example:
         >>> model = transformers.AutoModelForCausalLM.from_config(DeltaNetConfig(num_hidden_layers=2, hidden_size=256,

@@ -378,7 +378,8 @@ def fla_delta_logits(c, t, ids):
 
 @pytest.mark.parametrize("fla_type,overrides", [
     ("delta_net", dict()), ("delta_net", dict(use_gate=True, allow_neg_eigval=True)),
-    ("gated_deltanet", dict()), ("gated_deltanet", dict(use_gate=False, allow_neg_eigval=True, conv_size=3))])
+    ("gated_deltanet", dict()), ("gated_deltanet", dict(use_gate=False, allow_neg_eigval=True, conv_size=3)),
+    ("gated_deltanet", dict(num_heads=3, head_dim=24, expand_v=1.5))])  # 3 heads of 24 in a hidden size of 64
 def test_delta_logits_match_fla_math(tmp_path, fla_type, overrides):
     """The converted model (float64) against fla's forward written out above, at 12 tokens (our recurrent mode)
     and 40 (chunked)."""

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 import linattn_models
 from devices import ROOT
 from linattn_models import DeltaNetConfig, GatedDeltaNetConfig, GLAConfig, RetNetConfig
+from linattn_models.models.common import CACHE_OUTPUT_NAME
 
 H, D, L, VOCAB = 2, 64, 2, 100  # heads, hidden size, layers, vocab
 
@@ -305,6 +306,15 @@ def test_delta_variants(tmp_path, fla_type, overrides):
     state = model.state_dict()
     check_placed(c, tensors, state)
     assert set(expected_state(c, tensors)) | {"lm_head.weight"} == set(state)
+    ids = torch.randint(0, VOCAB, (2, 10))
+    with torch.no_grad():  # cached decoding gives the full forward's logits (the ungated output norm included)
+        full = model(ids).logits
+        out = model(ids[:, :7], use_cache=True)
+        steps = [out.logits]
+        for i in range(7, 10):
+            out = model(ids[:, i:i + 1], use_cache=True, **{CACHE_OUTPUT_NAME: out[CACHE_OUTPUT_NAME]})
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [DeltaNetConfig, GatedDeltaNetConfig])

@@ -5,11 +5,13 @@
     python -m linattn_models.convert SRC_DIR DST_DIR [--dtype bf16]   # same, from the shell
 
 fla model type -> ours: `gla` -> linattn_gla, `retnet` -> linattn_retnet, `linear_attn` ->
-linattn_linear_transformer. The conversion is exact or it is refused: every fla config field is either mapped,
-known not to change the forward math (kernel choice, fused-kernel switches, training-loss options), or must
-hold a value our layers compute identically; anything else, and any tensor without a counterpart or with the
-wrong shape, is a ValueError naming it. Field names and defaults are those of fla 0.6.0's GLAConfig,
-RetNetConfig and LinearAttentionConfig (a field missing from config.json takes fla's default).
+linattn_linear_transformer, `delta_net` -> linattn_deltanet, `gated_deltanet` -> linattn_gated_deltanet
+(convert_delta.py: those two types' fields and refusals). The conversion is exact or it is refused: every fla
+config field is either mapped, known not to change the forward math (kernel choice, fused-kernel switches,
+training-loss options), or must hold a value our layers compute identically; anything else, and any tensor
+without a counterpart or with the wrong shape, is a ValueError naming it. Field names and defaults are those of
+fla 0.6.0's GLAConfig, RetNetConfig, LinearAttentionConfig, DeltaNetConfig and GatedDeltaNetConfig (a field
+missing from config.json takes fla's default).
 """
 import argparse
 import json
@@ -22,10 +24,13 @@ import warnings
 
 import torch
 
+from .convert_delta import ATTN_SOURCES as _DELTA_ATTN_SOURCES
+from .convert_delta import DELTA_DEFAULTS, delta_mixer_kwargs
 from .models.common.configuration_common import FLA_MODEL_TYPES
 
 # fla model type -> our architecture (the key of linattn_models.models.CONFIGS)
-ARCHS = {"gla": "gla", "retnet": "retnet", "linear_attn": "linear_transformer"}
+ARCHS = {"gla": "gla", "retnet": "retnet", "linear_attn": "linear_transformer", "delta_net": "deltanet",
+         "gated_deltanet": "gated_deltanet"}
 assert set(ARCHS) == set(FLA_MODEL_TYPES)
 
 # fla 0.6.0 config defaults (configuration_{gla,retnet,linear_attn}.py)
@@ -45,6 +50,7 @@ FLA_DEFAULTS = {
     "linear_attn": dict(_COMMON, expand_k=1.0, expand_v=1.0, num_heads=4, feature_map="elementwise_product",
                         attn_mode="fused_chunk", tie_feature_map_qk=False, norm_q=False, norm_k=False,
                         norm_feature_map=False),
+    **DELTA_DEFAULTS,
 }
 # Fields read nowhere below, because they do not change what the model computes: attn_mode (kernel choice),
 # fuse_norm (it only renames the gate norm's weight, handled in _ATTN_SOURCES), fuse_swiglu, fuse_cross_entropy,
@@ -139,7 +145,8 @@ def our_config(c):
     _require(c, "attnres_block_size", (None,), "attention residuals (AttnRes) are not implemented here")
     # hidden_act is both the MLP activation and (GLA, RetNet) the output gate's; ours are swish throughout
     _require(c, "hidden_act", ("swish", "silu"), "our MLP and output gate use swish")
-    _require(c, "num_kv_heads", (None, c["num_heads"]), "our layers have one key/value head per query head")
+    if "num_kv_heads" in c:  # not a field of delta_net / gated_deltanet
+        _require(c, "num_kv_heads", (None, c["num_heads"]), "our layers have one key/value head per query head")
     if fla_type in ("gla", "retnet"):
         _require(c, "feature_map", (None,), "our GLA/RetNet layers apply no feature map to q and k")
         _require(c, "use_output_gate", (True,), "our GLA/RetNet layers always gate the output")
@@ -155,16 +162,22 @@ def our_config(c):
 
     from .models import CONFIGS
     H = c["num_heads"]
+    if fla_type in DELTA_DEFAULTS:
+        mixer = delta_mixer_kwargs(c, _require)
+    else:
+        mixer = dict(num_heads=H, head_k_dim=_width(c, "expand_k") // H, head_v_dim=_width(c, "expand_v") // H,
+                     expand_k=c["expand_k"], expand_v=c["expand_v"])
     kwargs = dict(
-        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_hidden_layers=c["num_hidden_layers"],
-        num_heads=H, head_k_dim=_width(c, "expand_k") // H, head_v_dim=_width(c, "expand_v") // H,
-        expand_k=c["expand_k"], expand_v=c["expand_v"], intermediate_size=_intermediate_size(c), hidden_act="silu",
+        mixer, vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_hidden_layers=c["num_hidden_layers"],
+        intermediate_size=_intermediate_size(c), hidden_act="silu",
         rms_norm_eps=c["norm_eps"], initializer_range=c["initializer_range"],
         tie_word_embeddings=c["tie_word_embeddings"], use_cache=c["use_cache"], pad_token_id=c["pad_token_id"],
         bos_token_id=c["bos_token_id"], eos_token_id=c["eos_token_id"], attn_mode="auto")
     if fla_type == "gla":
         kwargs.update(gate_low_rank_dim=c["gate_low_rank_dim"], gate_logit_normalizer=float(c["gate_logit_normalizer"]),
                       use_short_conv=c["use_short_conv"], conv_size=c["conv_size"])
+    elif fla_type in DELTA_DEFAULTS:
+        pass  # all in `mixer`
     elif fla_type == "retnet":
         kwargs.update(rope_theta=10000.0)  # fla's MultiScaleRetention: RotaryEmbedding(head_k_dim), base 10000
     else:  # fla's LinearAttentionBlock always builds the per-head output RMSNorm (output_norm='rmsnorm')
@@ -238,12 +251,13 @@ _FEATURE_MAP = re.compile(r"(model\.layers\.\d+\.attn\.)feature_map(_q|_k)?\.(we
 _FLA_FEATURE_MAP_LAYERS = {"hedgehog": ("layer",), "elementwise_product": ("layer1", "layer2")}
 
 
-def _sources(name):
+def _sources(name, fla_type):
     if name == "model.embed_tokens.weight":
         return ("model.embeddings.weight",)
     m = _ATTN.fullmatch(name)
     if m:
-        return tuple(m.group(1) + s for s in _ATTN_SOURCES.get(m.group(2), (m.group(2),)))
+        table = _DELTA_ATTN_SOURCES if fla_type in DELTA_DEFAULTS else _ATTN_SOURCES
+        return tuple(m.group(1) + s for s in table.get(m.group(2), (m.group(2),)))
     return (name,)
 
 
@@ -269,14 +283,14 @@ def convert_state_dict(c, tensors, shapes):
             used.update(s for g in groups for s in g if s in tensors)
             out[name] = _feature_map(c["feature_map"], name, groups, tensors, shape)
             continue
-        sources = _sources(name)
+        sources = _sources(name, c["model_type"])
         found = [s for s in sources if s in tensors]
         used.update(found)
         if len(found) > 1:
             raise ValueError(f"fla checkpoint holds both {' and '.join(found)}; expected one of them")
         elif found:
             out[name] = tensors[found[0]]
-        elif name.endswith(("g_norm.weight", "o_norm.weight")) and not c["elementwise_affine"]:
+        elif name.endswith(("g_norm.weight", "o_norm.weight")) and not c.get("elementwise_affine", True):
             out[name] = torch.ones(shape)  # elementwise_affine=False: fla's norm has no weight, i.e. weight 1
         else:
             missing.append(" or ".join(sources))
@@ -342,7 +356,8 @@ def _resolve_dtype(dtype, c, tensors):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Convert a flash-linear-attention (fla 0.6.0) checkpoint (model "
-                                                 "types gla, retnet, linear_attn) into a linattn_models one.")
+                                                 "types gla, retnet, linear_attn, delta_net, gated_deltanet) into "
+                                                 "a linattn_models one.")
     parser.add_argument("src_dir", help="fla checkpoint directory (config.json + *.safetensors)")
     parser.add_argument("dst_dir", help="output directory (created)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,

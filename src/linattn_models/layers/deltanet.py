@@ -6,12 +6,13 @@
     DeltaNet:        S_t = (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ                (ops.delta_rule)
     Gated DeltaNet:  S_t = e^{g_t} (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ        (ops.gated_delta_rule)
                      g_t = −exp(A_log) · softplus(W_a x_t + dt_bias)              one log decay per head
-    o_t = W_o [ RMSNorm_head(s · S_tᵀ q_t) ⊙ swish(W_g x_t) ]
+    o_t = W_o [ RMSNorm_head(s · S_tᵀ q_t) ⊙ swish(W_g x_t) ]     (use_output_gate=False: W_o RMSNorm_head(·))
+    allow_neg_eigval: β_t = 2 sigmoid(W_b x_t) (eigenvalues of I − β_t k_t k_tᵀ down to −1; Grazzi et al. 2024)
 
 Parameter names are fla's (q_proj, k_proj, v_proj, q_conv1d, k_conv1d, v_conv1d, b_proj, a_proj, A_log,
 dt_bias, g_proj, o_proj) except the gated output norm: `g_norm`, the name the other mixers (RetNet, GLA) and
-`TokenMixer.gated_output` use, where fla has `o_norm`. Both mixers always gate the output (fla's DeltaNet with
-use_gate=True; fla's GatedDeltaNet always): one design.
+`TokenMixer.gated_output` use, where fla has `o_norm`; without the gate (use_output_gate=False, fla's
+use_gate=False) the plain per-head norm is `o_norm`, as fla's. Both mixers gate the output by default.
 """
 import math
 
@@ -20,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from ..modules import GatedRMSNorm
+from ..modules import GatedRMSNorm, RMSNorm
 from .common import TokenMixer, attend
 
 
@@ -29,6 +30,8 @@ class DeltaNet(TokenMixer):
 
     Args: those of TokenMixer (layers/common.py), and
         gated: add the per-head decay e^{g_t} (a_proj, A_log, dt_bias) and use ops.gated_delta_rule.
+        use_output_gate: gate the normed output with swish(W_g x_t) (g_proj, g_norm); False: RMSNorm only (o_norm).
+        allow_neg_eigval: β_t = 2 sigmoid(W_b x_t) instead of sigmoid(W_b x_t).
     use_short_conv defaults to True here (DeltaNet without the convs trains much worse; fla's default too).
 
     Example:
@@ -38,10 +41,11 @@ class DeltaNet(TokenMixer):
 
     def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int, gated: bool = False,
                  use_short_conv: bool = True, conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0,
-                 mode: str = "auto"):
+                 mode: str = "auto", use_output_gate: bool = True, allow_neg_eigval: bool = False):
         super().__init__(layer_idx, mode)
         self.init_qkv(hidden_size, num_heads, head_k_dim, head_v_dim, use_short_conv, conv_size)
         self.gated = bool(gated)
+        self.use_output_gate, self.allow_neg_eigval = bool(use_output_gate), bool(allow_neg_eigval)
         value_dim = num_heads * head_v_dim
         self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
         if self.gated:
@@ -51,8 +55,11 @@ class DeltaNet(TokenMixer):
             for p in (self.A_log, self.dt_bias):
                 p._no_weight_decay = True  # as fla: the decay's parameters are not weight-decayed
             self.reset_decay_parameters()
-        self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
-        self.g_norm = GatedRMSNorm(head_v_dim, eps=norm_eps)
+        if self.use_output_gate:
+            self.g_proj = nn.Linear(hidden_size, value_dim, bias=False)
+            self.g_norm = GatedRMSNorm(head_v_dim, eps=norm_eps)
+        else:
+            self.o_norm = RMSNorm(head_v_dim, eps=norm_eps)
         self.o_proj = nn.Linear(value_dim, hidden_size, bias=False)
 
     def initial_parameters(self):
@@ -82,6 +89,8 @@ class DeltaNet(TokenMixer):
         H = self.num_heads
         q, k, v = self.project_qkv(x, cache, padding)  # SiLU is in the short convs
         beta = torch.sigmoid(self._fp32(self.b_proj(x)))  # [B, T, H]
+        if self.allow_neg_eigval:
+            beta = 2 * beta
         kw = dict(initial_state=self.get_state(cache, "recurrent"), output_final_state=cache is not None,
                   padding=padding, mode=self.mode, final_state_in_place=self.states_in_place(cache),
                   use_qk_l2norm=True)
@@ -92,6 +101,8 @@ class DeltaNet(TokenMixer):
         else:
             o, state = attend(ops.delta_rule, q, k, v, extra=(beta,), **kw)
         self.set_state(cache, "recurrent", state)
+        if not self.use_output_gate:
+            return self.o_proj(self.o_norm(o).reshape(B, T, -1))
         gate = self.g_proj(x).view(B, T, H, self.head_v_dim)
         return self.gated_output(o, gate)
 
@@ -106,6 +117,7 @@ class GatedDeltaNet(DeltaNet):
 
     def __init__(self, hidden_size: int, num_heads: int, head_k_dim: int, head_v_dim: int,
                  use_short_conv: bool = True, conv_size: int = 4, norm_eps: float = 1e-6, layer_idx: int = 0,
-                 mode: str = "auto"):
+                 mode: str = "auto", use_output_gate: bool = True, allow_neg_eigval: bool = False):
         super().__init__(hidden_size, num_heads, head_k_dim, head_v_dim, gated=True, use_short_conv=use_short_conv,
-                         conv_size=conv_size, norm_eps=norm_eps, layer_idx=layer_idx, mode=mode)
+                         conv_size=conv_size, norm_eps=norm_eps, layer_idx=layer_idx, mode=mode,
+                         use_output_gate=use_output_gate, allow_neg_eigval=allow_neg_eigval)

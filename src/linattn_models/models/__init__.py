@@ -100,7 +100,7 @@ def register_all(materialize=False):
 
 
 def register_fla_placeholders():
-    """Under fla's model types (gla, retnet, linear_attn), when still free, a config that refuses to load and
+    """Under fla's model types (FLA_MODEL_TYPES), when still free, a config that refuses to load and
     says to convert (FlaCheckpointConfig). Returns the types taken."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING

@@ -19,7 +19,7 @@ from ...ops.validate import ATTN_MODES
 
 SHIM_MODULE = "linattn_shim"
 # flash-linear-attention's model types for the same architectures: their checkpoints need a conversion
-FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn")
+FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn", "delta_net", "gated_deltanet")
 # sizes derived from others when None: stored as None and computed on read (see __getattribute__)
 DERIVED_SIZES = ("head_k_dim", "head_v_dim", "intermediate_size")
 
@@ -50,7 +50,8 @@ class LinAttnConfig(PreTrainedConfig):
 
     Args:
         vocab_size, hidden_size, num_hidden_layers: the usual sizes (each > 0).
-        num_heads: heads of the token mixer; must divide hidden_size (alias num_attention_heads).
+        num_heads: heads of the token mixer; must divide hidden_size, unless the head dims are set (or
+            derived exactly from expand_k, expand_v) (alias num_attention_heads).
         head_k_dim, head_v_dim: per-head key / value widths; None derives hidden_size * expand_k (expand_v) /
             num_heads when read, so overriding hidden_size or num_heads re-derives them.
         expand_k, expand_v: the key / value width relative to hidden_size when the head dims are derived.
@@ -149,7 +150,9 @@ class LinAttnConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not _positive_int(self.num_hidden_layers):
             raise ValueError(f"num_hidden_layers must be an integer >= 1, got {self.num_hidden_layers!r}")
-        if self.hidden_size % self.num_heads:
+        underived = [n for n in ("head_k_dim", "head_v_dim")  # a derived head dim that does not split evenly
+                     if self.__dict__.get(n) is None and self._derived_size(n, strict=False) is None]
+        if self.hidden_size % self.num_heads and underived:
             raise ValueError(f"num_heads = {self.num_heads} must divide hidden_size = {self.hidden_size}")
         for name in DERIVED_SIZES:
             value = getattr(self, name)  # a derived one raises here when it does not divide

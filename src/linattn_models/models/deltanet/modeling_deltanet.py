@@ -11,7 +11,8 @@ class DeltaNetModel(LinAttnModel):
     def build_mixer(config, layer_idx):
         return DeltaNet(config.hidden_size, config.num_heads, config.head_k_dim, config.head_v_dim,
                         use_short_conv=config.use_short_conv, conv_size=config.conv_size,
-                        norm_eps=config.rms_norm_eps, layer_idx=layer_idx, mode=config.attn_mode)
+                        norm_eps=config.rms_norm_eps, layer_idx=layer_idx, mode=config.attn_mode,
+                        use_output_gate=config.use_output_gate, allow_neg_eigval=config.allow_neg_eigval)
 
 
 class DeltaNetForCausalLM(LinAttnForCausalLM):

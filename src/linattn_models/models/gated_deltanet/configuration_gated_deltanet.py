@@ -22,6 +22,8 @@ class GatedDeltaNetConfig(LinAttnConfig):
     expand_v: float = 1.0
     use_short_conv: bool = True
     conv_size: int = 4
+    use_output_gate: bool = True
+    allow_neg_eigval: bool = False
 
     def __post_init__(self, **kwargs):
         check_delta_fields(self)

@@ -45,7 +45,7 @@ def launch(world, op_names, cases, device="cpu", timeout=600):
     return log
 
 
-@pytest.mark.parametrize("world", [2, 3, 4])
+@pytest.mark.parametrize("world", [2, 4])  # 4: pieces of 9, 16, 1 and 24 tokens
 def test_every_op_split_equals_whole_float64(world):
     launch(world, ALL, "float64:torch:chunk,float64:torch:recurrent")
 
@@ -53,7 +53,8 @@ def test_every_op_split_equals_whole_float64(world):
 @pytest.mark.skipif(ON_GPU, reason="the interpreted kernels need TRITON_INTERPRET=1, which a GPU test run leaves off; "
                                    "the GPU variant below runs the compiled kernels on 2 GPUs")
 def test_triton_kernels_split_equals_whole_interpreted():
-    launch(2, ALL, "float32:triton:chunk")
+    # one op per kind of transition (head decay, per-key decay, delta rule): the interpreter is slow
+    launch(2, "retention,gated_linear_attention,gated_delta_rule", "float32:triton:chunk")
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL allows one rank per GPU)")

@@ -2,7 +2,7 @@
 """GPU check of the fla -> ours checkpoint conversion (issue #8) against fla 0.6.0 itself. No downloads.
 
 Per case: build a random fla model from its config class (fla.models.GLAConfig / RetNetConfig /
-LinearAttentionConfig; norm weights moved off 1 so a misplaced norm shows; learnable feature maps, q and k
+LinearAttentionConfig / DeltaNetConfig / GatedDeltaNetConfig; norm weights moved off 1 so a misplaced norm shows; learnable feature maps, q and k
 separately, redrawn at scale 1/sqrt(fan-in), as fla's N(0, 0.02) init leaves them almost no effect on the
 logits), save_pretrained, convert with linattn_models.convert_fla (fp32, and again with dtype="bf16"), load
 ours with AutoModelForCausalLM, then on cuda in fp32 and in bf16:
@@ -45,6 +45,11 @@ CASES = {
     "linear_attn_default": ("linear_attn", {}, "ok"),
     "linear_attn_elu_norm": ("linear_attn", {"feature_map": "elu", "norm_feature_map": True}, "ok"),
     "linear_attn_hedgehog": ("linear_attn", {"feature_map": "hedgehog"}, "ok"),  # untied q/k maps
+    # fla's defaults: DeltaNet ungated (o_norm only), Gated DeltaNet gated; head_dim 64 keeps small sizes whole
+    "delta_net": ("delta_net", {}, "ok"),
+    "delta_net_gate": ("delta_net", {"use_gate": True}, "ok"),
+    "gated_deltanet": ("gated_deltanet", {"head_dim": 64, "num_heads": 8}, "ok"),
+    "gated_deltanet_neg_eig": ("gated_deltanet", {"head_dim": 64, "num_heads": 8, "allow_neg_eigval": True}, "ok"),
 }
 
 
@@ -52,7 +57,9 @@ def build_fla(fla_type, overrides, args):
     import fla.models as F
 
     config_cls, model_cls = {"gla": (F.GLAConfig, F.GLAForCausalLM), "retnet": (F.RetNetConfig, F.RetNetForCausalLM),
-                             "linear_attn": (F.LinearAttentionConfig, F.LinearAttentionForCausalLM)}[fla_type]
+                             "linear_attn": (F.LinearAttentionConfig, F.LinearAttentionForCausalLM),
+                             "delta_net": (F.DeltaNetConfig, F.DeltaNetForCausalLM),
+                             "gated_deltanet": (F.GatedDeltaNetConfig, F.GatedDeltaNetForCausalLM)}[fla_type]
     if args.fla_attn_mode and args.fla_attn_mode != "none":  # kernel choice only (the conversion ignores it): fla's chunk kernels autotune for minutes
         overrides = dict(overrides, attn_mode=args.fla_attn_mode)
     config = config_cls(hidden_size=args.hidden, num_hidden_layers=args.layers, vocab_size=args.vocab, **overrides)

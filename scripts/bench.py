@@ -338,6 +338,8 @@ def build_model(name, size, dtype=None):
                       num_heads=ref.num_heads)
         cls = {"retnet": RetNetConfig, "gla": GLAConfig, "linear_transformer": LinearAttentionConfig,
                "deltanet": DeltaNetConfig, "gated_deltanet": GatedDeltaNetConfig}[name[4:]]
+        if name == "fla_gated_deltanet":  # fla's default head_dim 256 would make it wider than ours
+            common.update(head_dim=ref.head_k_dim, expand_v=ref.head_v_dim / ref.head_k_dim)
         cfg = cls(**common)
     elif name == "llama":
         ref = ours("retnet")

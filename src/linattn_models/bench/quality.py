@@ -232,9 +232,9 @@ def corpus_files(kind):
     else:
         raise ValueError(f"unknown corpus {kind!r}: stdlib or site-packages")
     out = {}
-    for root in roots:
+    for root in roots:  # keyed by the path inside its root: for stdlib the training script's split exactly
         for f in data.stdlib_files(root):
-            out.setdefault(f"{root.name}/{f.relative_to(root).as_posix()}", f)
+            out.setdefault(f.relative_to(root).as_posix(), f)
     return sorted(out.items())
 
 

@@ -113,9 +113,9 @@ def plot_convergence(runs, info, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for r in runs:
-        ax.plot([c["tokens"] / 1e6 for c in r["curve"]], [c["eval_loss"] for c in r["curve"]], marker=".", label=r["arch"])
+        ax.plot([c["tokens"] for c in r["curve"]], [c["eval_loss"] for c in r["curve"]], marker=".", label=r["arch"])
     ax.axhline(info["unigram_baseline"], color="gray", ls="--", lw=1, label="unigram baseline")
-    ax.set(xlabel="training tokens (M)", ylabel="held-out loss (nats/token)",
+    ax.set(xlabel="training tokens", ylabel="held-out loss (nats/token)",
            title=f"Convergence on {info['corpus']} source (held-out files)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -98,14 +98,18 @@ def main(argv=None):
     settings = {"mode": a.mode, "parts": a.parts, "archs": [e[0] for e in a.entries],
                 **{p: a.settings[p] for p in a.parts}}
     result = dict(settings=settings, machine=report.machine(a.device), skipped=a.skipped, seconds=0.0)
-    save = lambda *_: (result.update(seconds=time.perf_counter() - t0), report.write_json(out / "quality.json", result))  # noqa: E731
+
+    def save(*_):
+        result["seconds"] = time.perf_counter() - t0
+        report.write_json(out / "quality.json", result)
     for name, why in a.skipped.items():
         log(f"skipping {name}: {why}")
     if "mqar" in a.parts:
         log(f"== MQAR on {a.device}: {json.dumps(a.settings['mqar'])}")
         runs = []
         result["mqar"] = dict(runs=runs, best=[])
-        got, best = quality.run_mqar(a.entries, a.settings["mqar"], a.device, log, on_run=lambda r: (runs.append(r), save()))
+        _, best = quality.run_mqar(a.entries, a.settings["mqar"], a.device, log,
+                                   on_run=lambda r: (runs.append(r), save()))
         result["mqar"]["best"] = best
         report.plot_mqar(best, out / "mqar_accuracy.png")
         save()

@@ -64,7 +64,7 @@ def intermediate_size(d_model):
 def build_model(entry, d_model, layers, vocab=mqar.VOCAB, max_len=4096, device="cpu", seed=0):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    import linattn_models  # noqa: F401  (registers our model types with the Auto classes)
+    import linattn_models.models  # noqa: F401  (registers our model types with the Auto classes)
     _, arch, extra = entry
     heads = max(1, d_model // HEAD_DIM)
     common = dict(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=layers, tie_word_embeddings=True,
@@ -102,8 +102,9 @@ def make_optimizer(model, lr, steps, warmup_frac=0.1, weight_decay=0.1):
     """AdamW, linear warmup then cosine decay to 0 (Zoology's recipe; weight decay 0.1)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     warm = max(1, int(warmup_frac * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    def factor(s):
+        return (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return opt, sched
 
 
@@ -228,7 +229,8 @@ def corpus_files(kind):
     if kind == "stdlib":
         roots = [data.stdlib_dir()]
     elif kind == "site-packages":
-        roots = sorted({Path(p) for p in [*site.getsitepackages(), sysconfig.get_paths()["purelib"]] if Path(p).is_dir()})
+        dirs = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+        roots = sorted({Path(p) for p in dirs if Path(p).is_dir()})
     else:
         raise ValueError(f"unknown corpus {kind!r}: stdlib or site-packages")
     out = {}
@@ -255,7 +257,8 @@ def corpus(kind, tokenizer, block, train_tokens, eval_blocks):
     from linattn_models.cli import data
     files = corpus_files(kind)
     held = [f for f in files if data.is_eval_file(f[0])]
-    train = sorted((f for f in files if not data.is_eval_file(f[0])), key=lambda f: zlib.crc32(b"order" + f[0].encode()))
+    train = sorted((f for f in files if not data.is_eval_file(f[0])),
+                   key=lambda f: zlib.crc32(b"order" + f[0].encode()))
     ev, ev_used = [], []
     for rel, x in _tokenize(held, tokenizer):
         if len(x) > block:

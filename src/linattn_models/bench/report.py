@@ -35,8 +35,8 @@ def mqar_table(best):
     if not best:
         return ""
     shapes = list(best[0]["test_acc"])
-    lines = ["| arch | d_model | params | best lr | " + " | ".join(f"acc T={s.replace('x', ', pairs=')}" for s in shapes)
-             + " | train tokens/s |", "| --- " * (5 + len(shapes)) + "|"]
+    heads = " | ".join(f"acc T={s.replace('x', ', pairs=')}" for s in shapes)
+    lines = [f"| arch | d_model | params | best lr | {heads} | train tokens/s |", "| --- " * (5 + len(shapes)) + "|"]
     for r in sorted(best, key=lambda r: (r["arch"], r["d_model"])):
         lines.append(f"| {r['arch']} | {r['d_model']} | {r['params'] / 1e6:.2f} M | {r['lr']:g} | "
                      + " | ".join(f"{r['test_acc'][s]:.3f}" for s in shapes) + f" | {r['tokens_per_s']:.0f} |")

@@ -99,7 +99,9 @@ def plot_mqar(best, path):
             ax.plot([r["d_model"] for r in rs], [r["test_acc"][s] for r in rs], marker="o", label=a)
         T, n = s.split("x")
         ax.set(title=f"T={T}, {n} pairs", xlabel="d_model", xscale="log", ylim=(-0.02, 1.02))
-        ax.set_xticks(sorted({r["d_model"] for r in best}), [str(d) for d in sorted({r["d_model"] for r in best})])
+        widths = sorted({r["d_model"] for r in best})
+        ax.set_xticks(widths, [str(d) for d in widths])
+        ax.minorticks_off()  # the log axis' unlabelled minor ticks only clutter three widths
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("held-out accuracy")
     axes[0][-1].legend(fontsize=7)

@@ -194,7 +194,7 @@ def best_of_sweep(runs):
     best = {}
     for r in runs:
         key = (r["arch"], r["d_model"])
-        score = sum(r["valid_acc"].values()) / len(r["valid_acc"])
+        score = (sum(r["valid_acc"].values()) / len(r["valid_acc"]), "error" not in r)  # ties: a run that ran
         if key not in best or score > best[key][0]:
             best[key] = (score, r)
     return [r for _, r in best.values()]
@@ -210,7 +210,14 @@ def run_mqar(entries, p, device, log, on_run=lambda row: None):
     for entry in entries:
         for d in p["d_models"]:
             for lr in p["lrs"]:
-                runs.append(mqar_run(entry, d, lr, p, valid, test, device, log))
+                try:
+                    runs.append(mqar_run(entry, d, lr, p, valid, test, device, log))
+                except Exception as e:  # noqa: BLE001  e.g. a rate that diverged into the CPU value checks
+                    # a failed run recalls nothing: scored 0 so the sweep picks another rate; the error is kept
+                    zero = {f"{T}x{n}": 0.0 for T, n in shapes}
+                    runs.append(dict(arch=entry[0], d_model=d, lr=lr, error=f"{type(e).__name__}: {str(e)[:300]}",
+                                     valid_acc=zero, test_acc=dict(zero), params=0, tokens_per_s=0.0))
+                    log(f"  mqar {entry[0]} d={d} lr={lr:g} failed: {runs[-1]['error']}")
                 on_run(runs[-1])
                 if device == "cuda":
                     torch.cuda.empty_cache()
@@ -337,7 +344,11 @@ def run_convergence(entries, p, device, log, on_run=lambda row: None):
         f"{info['unigram_baseline']:.3f} ({info['data_s']:.1f}s)")
     runs = []
     for entry in entries:
-        runs.append(convergence_run(entry, p, train_blocks, eval_blocks, device, log))
+        try:
+            runs.append(convergence_run(entry, p, train_blocks, eval_blocks, device, log))
+        except Exception as e:  # noqa: BLE001  one model's failure must not hide the others'
+            runs.append(dict(arch=entry[0], error=f"{type(e).__name__}: {str(e)[:300]}"))
+            log(f"  convergence {entry[0]} failed: {runs[-1]['error']}")
         on_run(runs[-1])
         if device == "cuda":
             torch.cuda.empty_cache()

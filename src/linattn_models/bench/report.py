@@ -38,7 +38,8 @@ def mqar_table(best):
     heads = " | ".join(f"acc T={s.replace('x', ', pairs=')}" for s in shapes)
     lines = [f"| arch | d_model | params | best lr | {heads} | train tokens/s |", "| --- " * (5 + len(shapes)) + "|"]
     for r in sorted(best, key=lambda r: (r["arch"], r["d_model"])):
-        lines.append(f"| {r['arch']} | {r['d_model']} | {r['params'] / 1e6:.2f} M | {r['lr']:g} | "
+        note = f" (every rate failed: {r['error'][:60]})" if "error" in r else ""
+        lines.append(f"| {r['arch']}{note} | {r['d_model']} | {r['params'] / 1e6:.2f} M | {r['lr']:g} | "
                      + " | ".join(f"{r['test_acc'][s]:.3f}" for s in shapes) + f" | {r['tokens_per_s']:.0f} |")
     return "\n".join(lines)
 
@@ -53,6 +54,9 @@ def convergence_table(runs, info):
     lines = [f"| arch | params (non-embedding) | tokens | final held-out loss (unigram {info['unigram_baseline']:.3f}) "
              "| train tokens/s |", "| --- | --- | --- | --- | --- |"]
     for r in runs:
+        if "error" in r:
+            lines.append(f"| {r['arch']} | failed: {r['error'][:80]} | | | |")
+            continue
         lines.append(f"| {r['arch']} | {r['params'] / 1e6:.2f} M ({r['non_embedding_params'] / 1e6:.2f} M) | "
                      f"{_count(r['train_tokens'])} | {r['final_eval_loss']:.3f} | {r['tokens_per_s']:.0f} |")
     return "\n".join(lines)
@@ -114,7 +118,7 @@ def plot_mqar(best, path):
 def plot_convergence(runs, info, path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in runs:
+    for r in (r for r in runs if "error" not in r):
         ax.plot([c["tokens"] for c in r["curve"]], [c["eval_loss"] for c in r["curve"]], marker=".", label=r["arch"])
     ax.axhline(info["unigram_baseline"], color="gray", ls="--", lw=1, label="unigram baseline")
     ax.set(xlabel="training tokens", ylabel="held-out loss (nats/token)",

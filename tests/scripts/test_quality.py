@@ -1,0 +1,128 @@
+"""scripts/quality.py: the MQAR generator's labels (the part whose bugs would make every accuracy meaningless),
+the recall head's alignment with HF's loss, the data-driven architecture list, and a tiny end-to-end run."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from devices import ROOT
+from linattn_models.bench import mqar, quality
+
+SHAPES = [(32, 4), (64, 8), (128, 32)]
+
+
+@pytest.mark.parametrize("T,n", SHAPES)
+def test_mqar_labels_are_the_values_paired_with_the_queried_keys(T, n):
+    x, labels = mqar.generate(64, T, n, seed=[7, T])
+    assert x.shape == labels.shape == (64, T) and x.dtype == labels.dtype == torch.int64
+    (klo, khi), (vlo, vhi) = mqar.key_range(), mqar.value_range()
+    assert khi <= vlo  # disjoint ranges
+    for row, lab in zip(x.tolist(), labels.tolist()):
+        keys, values = row[0:2 * n:2], row[1:2 * n:2]
+        assert len(set(keys)) == n and all(klo <= k < khi for k in keys) and all(vlo <= v < vhi for v in values)
+        pairs = dict(zip(keys, values))
+        labelled = [t for t, y in enumerate(lab) if y != mqar.IGNORE]
+        assert len(labelled) == n  # each key asked once; everything else masked
+        assert all(t > 2 * n for t in labelled)  # only in the query region, never on the pairs themselves
+        assert sorted(row[t - 1] for t in labelled) == sorted(keys)
+        for t in labelled:
+            assert lab[t] == pairs[row[t - 1]] == row[t]  # the value that key was paired with
+        rest = [tok for t, tok in enumerate(row[2 * n:], 2 * n) if t not in labelled and t + 1 not in labelled]
+        assert set(rest) <= {mqar.FILLER}
+
+
+def test_mqar_oracle_constant_and_seeds():
+    x, labels = mqar.generate(256, 128, 16, seed=3)
+    assert mqar.accuracy(mqar.oracle_predictions(x, 16), labels) == 1.0
+    # a constant guess scores ~1/num_values (4096 values: ~0.0002), a wrong pairing ~0
+    const = torch.full_like(labels, mqar.value_range()[0] + 5)
+    assert mqar.accuracy(const, labels) < 0.005
+    x2 = x.clone()
+    x2[:, 1:32:2] = x[:, 1:32:2].roll(1, dims=1)  # pair each key with its neighbour's value
+    assert mqar.accuracy(mqar.oracle_predictions(x2, 16), labels) < 0.05
+    again, _ = mqar.generate(256, 128, 16, seed=3)
+    other, _ = mqar.generate(256, 128, 16, seed=4)
+    assert torch.equal(x, again) and not torch.equal(x, other)  # held-out sets come from other seeds
+    with pytest.raises(ValueError, match="4 \\* num_pairs"):
+        mqar.generate(1, 64, 17, seed=0)
+
+
+def test_recall_head_matches_hf_loss_and_full_logits():
+    vocab = 512
+    x, labels = mqar.generate(4, 64, 8, seed=0, vocab=vocab)
+    for entry in [e for e in quality.ARCHS if e[0] in ("gla", "llama")]:
+        model = quality.build_model(entry, 32, 1, vocab=vocab, max_len=64).eval()
+        with torch.no_grad():
+            out = model(input_ids=x, labels=labels)
+            logits, target = quality.recall_logits(model, x, labels)
+            ours = quality.recall_loss(model, x, labels)
+        assert torch.allclose(ours, out.loss, atol=1e-5), entry[0]
+        assert len(target) == 4 * 8
+        full = mqar.accuracy(mqar.model_predictions(out.logits), labels)
+        assert full == pytest.approx(float((logits.argmax(-1) == target).float().mean())), entry[0]
+
+
+def test_arch_list_is_data_driven(monkeypatch):
+    monkeypatch.setattr(quality, "ARCHS", [("gla", "gla", {}), ("gla-conv2", "gla", {"conv_size": 2}),
+                                           ("gla-hybrid", "gla", {"no_such_field": [1]}), ("llama", "llama", {})])
+    run, skipped = quality.select_archs()
+    assert [e[0] for e in run] == ["gla", "gla-conv2", "llama"] and list(skipped) == ["gla-hybrid"]
+    assert quality.build_model(run[1], 32, 1, vocab=256).config.conv_size == 2
+    with pytest.raises(ValueError, match="unknown"):
+        quality.select_archs(["nope"])
+
+
+def test_sweep_survives_a_failed_rate(monkeypatch):
+    def fake_run(entry, d, lr, p, valid, test, device, log):
+        if lr == 1.0:
+            raise ValueError("q holds NaN")  # what the CPU value checks say after a divergence
+        return dict(arch=entry[0], d_model=d, lr=lr, valid_acc={"32x4": 0.0}, test_acc={"32x4": 0.0})
+    monkeypatch.setattr(quality, "mqar_run", fake_run)
+    p = dict(shapes=[[32, 4]], vocab=256, eval_seqs=2, valid_seed=1, test_seed=2, d_models=[32], lrs=[1.0, 1e-3])
+    runs, best = quality.run_mqar([("gla", "gla", {})], p, "cpu", lambda *a: None)
+    assert "NaN" in runs[0]["error"] and runs[0]["test_acc"] == {"32x4": 0.0}
+    assert [r["lr"] for r in best] == [1e-3]  # at equal accuracy the run that ran wins
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, float):
+        yield obj
+
+
+def test_smoke_run_writes_results_for_every_architecture(tmp_path):
+    sets = {"mqar.vocab": 1024, "mqar.steps": 2, "mqar.batch": 4, "mqar.shapes": [[32, 4], [64, 8]],
+            "mqar.eval_seqs": 4, "convergence.steps": 1, "convergence.batch": 2, "convergence.block": 32,
+            "convergence.eval_every": 1, "convergence.eval_blocks": 2}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "quality.py"), "--mode", "smoke", "--device", "cpu",
+                        "--out", str(tmp_path), *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("quality.json", "quality.md", "mqar_accuracy.png", "convergence.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    res = json.loads((tmp_path / "quality.json").read_text())
+    expected, skipped = quality.select_archs()
+    names = [e[0] for e in expected]
+    assert "llama" in names and set(names) | set(skipped) == {e[0] for e in quality.ARCHS}
+    assert sorted(r["arch"] for r in res["mqar"]["best"]) == sorted(names)
+    assert [r["arch"] for r in res["convergence"]["runs"]] == names
+    assert all(math.isfinite(v) for v in _numbers(res))
+    for run in res["mqar"]["runs"]:
+        assert set(run["test_acc"]) == {"32x4", "64x8"}
+        assert all(0.0 <= a <= 1.0 for a in [*run["test_acc"].values(), *run["valid_acc"].values()])
+    for run in res["convergence"]["runs"]:
+        assert len(run["curve"]) == 2 and run["tokens_per_s"] > 0 and run["final_eval_loss"] > 0
+    for key in ("card", "torch", "transformers", "date"):
+        assert res["machine"][key]
+    assert res["settings"]["mqar"]["steps"] == 2  # --set reached the run
+    assert "| llama |" in r.stdout and "final held-out loss" in r.stdout

@@ -42,6 +42,7 @@ class SoftmaxAttention(TokenMixer):
     positions; None counts real tokens (per `padding`), continuing after the ones already in the cache.
 
     Example:
+        >>> from linattn_models.layers import Padding, SoftmaxAttention
         >>> attn = SoftmaxAttention(hidden_size=256, num_heads=8, num_kv_heads=2, window_size=128)
         >>> y = attn(torch.randn(2, 100, 256))                   # [2, 100, 256]
         >>> mask = torch.ones(2, 100, dtype=torch.bool); mask[0, :30] = False      # row 0 left-padded

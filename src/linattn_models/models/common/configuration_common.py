@@ -194,10 +194,12 @@ class LinAttnConfig(PreTrainedConfig):
         """ValueError naming the first hybrid-attention field that cannot build a model."""
         indices = self.attention_layer_indices  # checks attn_layers
         heads, kv_heads = self.attn_num_heads, self.attn_num_kv_heads
-        if self.hidden_size % heads:
-            raise ValueError(f"attn_num_heads = {heads} must divide hidden_size = {self.hidden_size}")
         if heads % kv_heads:
             raise ValueError(f"attn_num_kv_heads = {kv_heads} must divide attn_num_heads = {heads}")
+        # the head split of the attention layers matters only where there are some (num_heads, which
+        # attn_num_heads follows by default, need not divide hidden_size when the linear head dims are set)
+        if indices and self.hidden_size % heads:
+            raise ValueError(f"attn_num_heads = {heads} must divide hidden_size = {self.hidden_size}")
         if indices and (self.hidden_size // heads) % 2:
             raise ValueError(f"attn_num_heads = {heads} gives an odd attention head dim {self.hidden_size // heads} "
                              f"(hidden_size / attn_num_heads); rotary needs an even one")

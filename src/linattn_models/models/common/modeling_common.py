@@ -315,7 +315,7 @@ class LinAttnModel(LinAttnPreTrainedModel):
 
 class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
     """Causal LM head. On CUDA, one-token decode steps with a populated cache (what `generate` runs after the
-    prompt) replay a captured CUDA graph (decode_graph.py): model.enable_decode_graph(False) or
+    prompt) replay a captured CUDA graph (decode_graph.py; hybrid stacks, with attn_layers, decode eagerly): model.enable_decode_graph(False) or
     LINATTN_DECODE_GRAPH=0 turns that off; graphs are dropped on .to()/.half()/..., on train() and by
     reset_decode_graphs() (call it after replacing parameter tensors, e.g. load_state_dict(assign=True))."""
 

@@ -289,6 +289,18 @@ def test_hybrid_model_layers_and_any_architecture():
         for _ in range(5):
             seq = torch.cat([seq, model(seq).logits[:, -1:].argmax(-1)], 1)
     assert torch.equal(out, seq)
+    # left padding with attention in the first layer (and a linear layer after it): rows as alone, in generate too
+    a, b = ids(1, 11, seed=7), ids(1, 18, seed=8)
+    batch = torch.full((2, 18), model.config.pad_token_id)
+    mask = torch.zeros(2, 18, dtype=torch.long)
+    batch[0, 7:], mask[0, 7:] = a[0], 1
+    batch[1], mask[1] = b[0], 1
+    with torch.no_grad():
+        logits = model(batch, attention_mask=mask).logits
+        torch.testing.assert_close(logits[0, 7:], model(a).logits[0], rtol=1e-5, atol=1e-5)
+    gen = model.generate(batch, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert torch.equal(gen[0, 7:], model.generate(a, max_new_tokens=6, do_sample=False)[0])
+    assert torch.equal(gen[1], model.generate(b, max_new_tokens=6, do_sample=False)[0])
 
 
 def test_cache_batch_operations_reach_the_kv():

@@ -37,7 +37,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 def configs_path(arch=None, size=None):
-    """Directory of the shipped model configs (configs/<arch>/<size>.json), or one file's path.
+    """Directory of the shipped model configs (configs/<arch>/<size>.json), or one file's path. Sizes: tiny, 125m,
+    370m, 1.3b, and for gla and gated_deltanet also tiny-hybrid ... 1.3b-hybrid (every 4th layer softmax attention).
 
     Looks in the installed package data first (linattn_models/configs), then in the source checkout, then in
     ./configs. The one config lookup of the package (the training CLI's --arch/--size use it)."""

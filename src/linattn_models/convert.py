@@ -141,7 +141,9 @@ def our_config(c):
     if unknown:
         raise ValueError(f"fla config field(s) {', '.join(unknown)} are not fields of fla 0.6.0's {fla_type} config; "
                          f"cannot tell whether they change the model")
-    _require(c, "attn", (None,), "hybrid softmax-attention layers are not implemented here")
+    _require(c, "attn", (None,), "fla's hybrid softmax-attention layers are not converted yet (ours: config "
+             "attn_layers / attn_num_heads / ..., with the same q/k/v/o_proj names; fla's qkv_bias, qk_norm and "
+             "rope settings would need checking first)")
     _require(c, "attnres_block_size", (None,), "attention residuals (AttnRes) are not implemented here")
     # hidden_act is both the MLP activation and (GLA, RetNet) the output gate's; ours are swish throughout
     _require(c, "hidden_act", ("swish", "silu"), "our MLP and output gate use swish")

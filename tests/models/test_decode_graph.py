@@ -17,7 +17,7 @@ from linattn_models.models import LinearAttentionCache
 from linattn_models.models.common import CACHE_OUTPUT_NAME
 from linattn_models.models.common.decode_graph import ENV_VAR, _StepGraph
 from linattn_models.ops import resolve_backend
-from model_tester import ARCHS, ids, make_model
+from model_tester import ARCHS, HYBRIDS, ids, make_model
 
 cuda = gpu_only("CUDA graphs")
 
@@ -161,6 +161,18 @@ def _generate_both(model, x, **kw):
             captured = len(model._decode_graphs)
     model.enable_decode_graph(True)
     return outs + [captured]
+
+
+@cuda
+@pytest.mark.parametrize("arch", list(HYBRIDS))
+def test_hybrid_decodes_eagerly_on_cuda(arch):
+    """The documented fallback for hybrid stacks (their attention KV grows each token): no graph is captured,
+    and graph-enabled generation is the eager one."""
+    model = make_model(arch, "cuda")
+    x = ids(2, 7, device="cuda")
+    g, e, captured = _generate_both(model, x, max_new_tokens=10, do_sample=False)
+    assert captured == 0 and len(model._decode_graphs) == 0
+    _assert_same(g, e)
 
 
 def _assert_same(graph_out, eager_out):

@@ -13,7 +13,7 @@ import linattn_models
 from linattn_models.models import CONFIGS, LinearAttentionCache, model_classes, register_all
 from linattn_models.models.common import CACHE_OUTPUT_NAME
 from devices import ROOT
-from model_tester import ARCHS, VOCAB, make_model, tiny_config
+from model_tester import ARCHS, HYBRIDS, MODELS, VOCAB, arch_of, config_path, make_model, tiny_config
 
 SRC = str(ROOT / "src")
 
@@ -105,7 +105,7 @@ def test_registration_is_idempotent_and_refuses_foreign_types():
 
 
 # --- save / load --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_save_load_roundtrip(arch, tmp_path):
     model = make_model(arch)
     x = ids(2, 20)
@@ -127,7 +127,7 @@ def test_save_load_roundtrip(arch, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, want, rtol=0, atol=0)
     base = AutoModel.from_pretrained(tmp_path)
-    assert type(base) is model_classes(arch)[1]
+    assert type(base) is model_classes(arch_of(arch))[1]
     bf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert bf.dtype == torch.bfloat16 and bf.lm_head.weight.dtype == torch.bfloat16
     with torch.no_grad():  # the same as casting the original model
@@ -138,7 +138,7 @@ def test_save_load_roundtrip(arch, tmp_path):
 
 def test_trust_remote_code_without_importing_us(tmp_path):
     """A fresh process that never imports linattn_models loads each checkpoint through its auto_map shim."""
-    for arch in ARCHS:
+    for arch in MODELS:
         model = make_model(arch)
         x = ids(1, 12)
         with torch.no_grad():
@@ -154,7 +154,7 @@ try:
     raise SystemExit("loaded an unregistered model type without trust_remote_code")
 except ValueError:
     pass
-for arch in {ARCHS!r}:
+for arch in {MODELS!r}:
     m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r} + "/" + arch, trust_remote_code=True)
     d = torch.load({str(tmp_path)!r} + "/" + arch + ".pt")
     got = m(d["x"]).logits
@@ -166,12 +166,12 @@ for arch in {ARCHS!r}:
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stdout + r.stderr
-    for arch in ARCHS:
+    for arch in map(arch_of, MODELS):
         assert f"OK linattn_models.models.{arch}.modeling_{arch}" in r.stdout, r.stdout
 
 
 # --- generation ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_cached_greedy_equals_full_forward_argmax(arch):
     model = make_model(arch)
     x = ids(2, 40)  # > 32 tokens: the prompt runs in chunk mode, decoding in recurrent mode
@@ -181,7 +181,7 @@ def test_cached_greedy_equals_full_forward_argmax(arch):
     assert torch.equal(model.generate(x, max_new_tokens=10, do_sample=False, use_cache=False), out)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_left_padded_batch_equals_rows_alone(arch):
     model = make_model(arch)
     a, b, c = ids(1, 30, seed=2), ids(1, 41, seed=3), ids(1, 7, seed=4)
@@ -202,7 +202,7 @@ def test_left_padded_batch_equals_rows_alone(arch):
         assert torch.equal(out[i, T - r.shape[1]:], alone[0])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_beam_search_and_sampling(arch):
     model = make_model(arch)
     x = ids(2, 20)
@@ -222,7 +222,7 @@ def test_beam_search_and_sampling(arch):
     assert bs.shape == (2, 24)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_beam_search_left_padded_equals_rows_alone(arch):
     model = make_model(arch)
     a, b = ids(1, 12, seed=3), ids(1, 20, seed=4)
@@ -236,7 +236,7 @@ def test_beam_search_left_padded_equals_rows_alone(arch):
     assert torch.equal(out[2:], model.generate(b, **kw))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_continue_from_returned_cache(arch):
     model = make_model(arch)
     x = ids(2, 25)
@@ -260,17 +260,24 @@ def test_continue_from_returned_cache(arch):
         torch.testing.assert_close(o.logits, out2.logits, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_cache_is_constant_size(arch):
+    """The linear layers' states do not grow; a hybrid's attention KV grows by one column per token."""
     model = make_model(arch)
-    sizes = []
+    sizes, kv = [], []
     for T in (8, 64, 200):
         with torch.no_grad():
-            sizes.append(cache_of(model(ids(1, T), use_cache=True)).nbytes())
+            c = cache_of(model(ids(1, T), use_cache=True))
+        sizes.append(c.nbytes(kv=False))
+        kv.append(c.nbytes() - c.nbytes(kv=False))
     assert sizes[0] == sizes[1] == sizes[2] > 0
+    if arch in HYBRIDS:
+        assert kv[1] == 8 * kv[0] and kv[2] == 25 * kv[0] > 0
+    else:
+        assert kv == [0, 0, 0]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_logits_to_keep(arch):
     model = make_model(arch)
     x = ids(2, 10)
@@ -280,7 +287,7 @@ def test_logits_to_keep(arch):
         torch.testing.assert_close(model(x, logits_to_keep=torch.tensor([2, 5])).logits, full[:, [2, 5]])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_chunk_and_recurrent_modes_agree(arch):
     model = make_model(arch)
     x = ids(2, 70)
@@ -298,13 +305,13 @@ def test_chunk_and_recurrent_modes_agree(arch):
         model.set_attn_mode("fast")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_pipeline_text_generation(arch, tmp_path):
     from transformers import pipeline
 
     from linattn_models.tokenizer import load_tokenizer
     tok = load_tokenizer()
-    cfg = AutoConfig.from_pretrained(linattn_models.configs_path(arch, "tiny"))
+    cfg = AutoConfig.from_pretrained(config_path(arch))
     assert cfg.vocab_size == len(tok) and cfg.eos_token_id == tok.eos_token_id and cfg.pad_token_id == tok.pad_token_id
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg).eval()
@@ -319,7 +326,7 @@ def test_pipeline_text_generation(arch, tmp_path):
 
 
 # --- training -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_loss_labels_and_padding(arch):
     model = make_model(arch)
     x = ids(2, 16)
@@ -339,7 +346,7 @@ def test_loss_labels_and_padding(arch):
         torch.testing.assert_close(padded[1, :10], model(x[1:, :10]).logits[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_gradient_checkpointing_same_gradients(arch):
     x = ids(2, 40)
     mask = torch.ones_like(x)
@@ -359,7 +366,7 @@ def test_gradient_checkpointing_same_gradients(arch):
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7, msg=n)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_trainer_lowers_loss(arch, tmp_path):
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
@@ -399,7 +406,7 @@ def test_trainer_lowers_loss(arch, tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_autocast_and_accelerate(arch):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -421,7 +428,7 @@ def test_autocast_and_accelerate(arch):
         assert torch.isfinite(model(x).logits).all()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", MODELS)
 def test_sequence_classification(arch):
     torch.manual_seed(0)
     cfg = tiny_config(arch, num_labels=3)

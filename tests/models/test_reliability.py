@@ -9,13 +9,13 @@ import linattn_models
 from devices import DEVICE
 from linattn_models import ops
 from linattn_models.models.common import CACHE_OUTPUT_NAME
-from model_tester import ARCHS
+from model_tester import ARCHS, MODELS, config_path
 
 
-@pytest.fixture(scope="module", params=ARCHS)
+@pytest.fixture(scope="module", params=MODELS)
 def model(request):
     torch.manual_seed(0)
-    cfg = AutoConfig.from_pretrained(linattn_models.configs_path(request.param, "tiny"))
+    cfg = AutoConfig.from_pretrained(config_path(request.param))
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 

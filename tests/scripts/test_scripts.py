@@ -129,6 +129,20 @@ def test_train_our_archs_jsonl(tmp_path, data_dir, arch):
     _check_checkpoint(out)
 
 
+def test_train_hybrid_size(tmp_path, data_dir):
+    """--size tiny-hybrid: the hybrid stack (every 4th layer softmax attention) trains, and --set overrides keep
+    attn_layers (only derived fields are re-derived)."""
+    out = tmp_path / "hybrid"
+    res = train_cli.main(["--arch", "gated_deltanet", "--size", "tiny-hybrid", *TINY, "--set", "num_hidden_layers=4",
+                          "--data", str(data_dir / "docs.jsonl"), "--text-field", "content", "--eval-fraction", "0.2",
+                          "--output-dir", str(out), *FAST])
+    assert res["arch"] == "linattn_gated_deltanet"
+    _check_checkpoint(out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["attn_layers"] == 4 and cfg["layer_types"][3] == "full_attention"
+    assert cfg["attn_num_heads"] == 2  # derived from the new num_heads
+
+
 def test_console_scripts_subprocess(tmp_path, data_dir, llama_config):
     """scripts/train.py and scripts/generate.py as a user runs them (fresh process, offline)."""
     out = tmp_path / "sub"

@@ -8,7 +8,8 @@ from pathlib import Path
 from linattn_models.models import CONFIGS
 
 ARCHS = tuple(CONFIGS)  # every registered architecture
-SIZES = ("tiny", "125m", "370m", "1.3b")
+# configs/<arch>/<size>.json; the -hybrid sizes (every 4th layer softmax attention) ship for gla and gated_deltanet
+SIZES = ("tiny", "125m", "370m", "1.3b", "tiny-hybrid", "125m-hybrid", "370m-hybrid", "1.3b-hybrid")
 
 # The built-in default job (no --data/--config/--arch/--size): GLA, the tiny config at hidden 128 x 4 layers,
 # trained on the standard library source for a 270 s training budget (or 2000 steps, whichever comes first;
@@ -200,6 +201,13 @@ def _check_model_paths(args) -> None:
     """--config, --init-from, --tokenizer and --resume CKPT name what they should."""
     from linattn_models.cli import UsageError
 
+    if not (args.config or args.init_from):
+        import linattn_models
+        try:
+            linattn_models.configs_path(args.arch, args.size)
+        except FileNotFoundError:
+            raise UsageError(f"--size {args.size}: no shipped config for --arch {args.arch} (the -hybrid sizes ship "
+                             f"for gla and gated_deltanet; others: --set attn_layers=4)") from None
     if args.config:
         p = Path(args.config)
         if not p.exists():

@@ -74,13 +74,12 @@ def build_config(cfg_src: str, overrides: list[str]):
     with open(Path(cfg_src) / "config.json" if Path(cfg_src).is_dir() else cfg_src, encoding="utf-8") as f:
         d = json.load(f)
     upd = _parse_overrides(base, overrides)
-    # Fields whose class default is None are derived from others in __post_init__ (layer_types, head dims,
-    # intermediate size): drop the stored values so that they are derived again from the new ones.
-    fields = getattr(type(base), "__dataclass_fields__", {})
+    # Fields derived from others in __post_init__ (layer_types, head dims, intermediate size, the attention
+    # layers' head counts): drop the stored values so that they are derived again from the new ones. (Other
+    # fields that default to None, such as attn_layers and attn_window, are settings: they are kept.)
+    from linattn_models.models.common.configuration_common import DERIVED_SIZES
     for k in list(d):
-        f = fields.get(k)
-        if k not in upd and f is not None and f.default is None and k not in ("bos_token_id", "eos_token_id",
-                                                                              "pad_token_id"):
+        if k not in upd and k in DERIVED_SIZES + ("layer_types",):
             d.pop(k)
     d.update(upd)
     model_type = d.pop("model_type", base.model_type)

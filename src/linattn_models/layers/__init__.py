@@ -1,5 +1,6 @@
 """Token mixers: LinearAttention, MultiScaleRetention, GatedLinearAttention, DeltaNet, GatedDeltaNet (all on
-linattn_models.ops)."""
+linattn_models.ops), and SoftmaxAttention (the attention layers of hybrid stacks)."""
+from .attention import SoftmaxAttention
 from .common import ATTN_MODES, Padding, TokenMixer, attend
 from .deltanet import DeltaNet, GatedDeltaNet
 from .gla import GatedLinearAttention
@@ -7,4 +8,4 @@ from .linear_attention import LinearAttention
 from .retention import MultiScaleRetention
 
 __all__ = ["ATTN_MODES", "Padding", "TokenMixer", "attend", "DeltaNet", "GatedDeltaNet", "GatedLinearAttention",
-           "LinearAttention", "MultiScaleRetention"]
+           "LinearAttention", "MultiScaleRetention", "SoftmaxAttention"]

@@ -1,16 +1,22 @@
-"""The recurrent-state cache: O(1) memory in the sequence length.
+"""The recurrent-state cache: O(1) memory in the sequence length for the linear layers.
 
-Per layer it holds named fp32 tensors written by the token mixer: "recurrent" [B, H, K, V], the linear
-attention normaliser [B, H, K], short-conv states [B, D, W-1]. It also counts the columns processed
+Per layer it holds named tensors written by the token mixer: "recurrent" [B, H, K, V] (fp32), the linear
+attention normaliser [B, H, K], short-conv states [B, D, W-1]. A hybrid stack's softmax-attention layers
+(layers/attention.py) keep their keys and values here too, as named states of their layer that grow by the
+new columns each call: "key" / "value" [B, H_kv, S, D] and, once a padded call was cached, "kv_mask" [B, S]
+(True = real token). So one cache serves both kinds of layer. It also counts the columns processed
 (`get_seq_length`, so `generate` can slice a continued prompt exactly as for an attention cache) and, per
 row, the real (non-pad) tokens seen (`positions`, for rotary positions).
 
 It is a `transformers.Cache`, so generate / beam search drive it: `reorder_cache` (beam search),
-`batch_repeat_interleave` / `batch_select_indices` and `reset` act on every tensor. A recurrent state cannot
+`batch_repeat_interleave` / `batch_select_indices` and `reset` act on every tensor (KV included: every state
+is batch first). A recurrent state cannot
 be rolled back, so `crop` raises (assisted/speculative decoding is refused anyway: the models are stateful).
 """
 import torch
 from transformers.cache_utils import Cache
+
+KV_STATES = ("key", "value", "kv_mask")  # the softmax-attention layers' states (layers/attention.py)
 
 
 class RecurrentStateLayer:
@@ -99,16 +105,24 @@ class LinearAttentionCache(Cache):
                              f"{batch_size}: pass a cache only with inputs of the batch it was built for "
                              f"(or a new cache)")
 
-    def nbytes(self):
-        """Bytes held by all state tensors (independent of the sequence length)."""
-        return sum(x.numel() * x.element_size() for layer in self.layers for x in layer.states.values())
+    def nbytes(self, kv=True):
+        """Bytes held by the state tensors: independent of the sequence length, except for the attention layers'
+        KV ("key", "value", "kv_mask"), which grow with it; kv=False leaves those out."""
+        return sum(x.numel() * x.element_size() for layer in self.layers for name, x in layer.states.items()
+                   if kv or name not in KV_STATES)
+
+    def kv_length(self, layer_idx):
+        """Columns held in an attention layer's KV (0 for a linear layer or an empty cache)."""
+        key = self.get_state(layer_idx, "key")
+        return 0 if key is None else key.shape[2]
 
     # --- the transformers.Cache interface ------------------------------------------------------------------------
     def __repr__(self):
         return f"{type(self).__name__}(num_layers={len(self.layers)}, seen_tokens={self.seen_tokens})"
 
     def update(self, *args, **kwargs):
-        raise TypeError("LinearAttentionCache holds recurrent states, not keys/values: it has no update()")
+        raise TypeError("LinearAttentionCache has no update(): its layers write named states (set_state), the "
+                        "attention layers' keys/values included")
 
     def get_seq_length(self, layer_idx=0):
         return self.seen_tokens

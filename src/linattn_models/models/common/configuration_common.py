@@ -7,6 +7,10 @@ num_heads later (from_pretrained(..., num_heads=2), setattr) re-derives them; a 
 counts as derived (configs saved before derived sizes were tracked write them out).
 Sizes are checked (`check_sizes`) when a config is made, after from_pretrained's overrides and when a model is
 built, each error naming the field.
+Hybrid stacks: `attn_layers` turns chosen layers into softmax attention (layers/attention.py), with
+`attn_num_heads` / `attn_num_kv_heads` (derived like the head dims: None follows num_heads / attn_num_heads),
+`attn_window` and `attn_rope_theta`; `layer_types` is derived from them ("linear_attention", "full_attention",
+"sliding_attention" per layer).
 `save_pretrained` also writes `linattn_shim.py` next to config.json and an `auto_map` pointing to it, so
 `AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)` works without importing us first.
 """
@@ -21,7 +25,9 @@ SHIM_MODULE = "linattn_shim"
 # flash-linear-attention's model types for the same architectures: their checkpoints need a conversion
 FLA_MODEL_TYPES = ("gla", "retnet", "linear_attn", "delta_net", "gated_deltanet")
 # sizes derived from others when None: stored as None and computed on read (see __getattribute__)
-DERIVED_SIZES = ("head_k_dim", "head_v_dim", "intermediate_size")
+DERIVED_SIZES = ("head_k_dim", "head_v_dim", "intermediate_size", "attn_num_heads", "attn_num_kv_heads")
+# the values layer_types may hold (derived from attn_layers / attn_window, never set on its own)
+LAYER_TYPES = ("linear_attention", "full_attention", "sliding_attention")
 
 
 def fla_checkpoint_message(model_type, path=None):
@@ -63,6 +69,18 @@ class LinAttnConfig(PreTrainedConfig):
         initializer_range: std of the normal init of the linear and embedding weights.
         tie_word_embeddings: share the input embedding with the LM head.
         pad_token_id, bos_token_id, eos_token_id: the bundled tokenizer's (1, 0, 0) by default.
+        attn_layers: the layers that are softmax attention instead of the linear mixer (a hybrid stack): a list
+            of layer indices (0-based, each in [0, num_hidden_layers), no duplicates), or an int N meaning every
+            N-th layer, i.e. indices N-1, 2N-1, 3N-1, ... (N = 4 with 12 layers: 3, 7, 11). None or []: none.
+            An int follows later changes of num_hidden_layers; `attention_layer_indices` gives the resolved list.
+        attn_num_heads: query heads of the attention layers (None: num_heads); must divide hidden_size, and the
+            head dim hidden_size / attn_num_heads must be even (rotary).
+        attn_num_kv_heads: key/value heads (grouped-query attention; None: attn_num_heads); must divide
+            attn_num_heads.
+        attn_window: sliding-window size in tokens (a token sees itself and the attn_window - 1 real tokens
+            before it), or None for full causal attention.
+        attn_rope_theta: the base of the attention layers' rotary embedding.
+        layer_types: derived (per layer "linear_attention", "full_attention" or "sliding_attention"); not set.
 
     Example:
         >>> from linattn_models import GLAConfig
@@ -98,6 +116,11 @@ class LinAttnConfig(PreTrainedConfig):
     bos_token_id: int | None = 0
     eos_token_id: int | list[int] | None = 0
     layer_types: list[str] | None = None
+    attn_layers: list[int] | int | None = None
+    attn_num_heads: int | None = None
+    attn_num_kv_heads: int | None = None
+    attn_window: int | None = None
+    attn_rope_theta: float = 10000.0
 
     def __post_init__(self, **kwargs):
         # first: it also sets extra kwargs, among them aliases such as num_attention_heads (-> num_heads)
@@ -106,14 +129,17 @@ class LinAttnConfig(PreTrainedConfig):
             value = self.__dict__.get(name)
             if value is not None and value == self._derived_size(name, strict=False):
                 super().__setattr__(name, None)  # derived: follows later changes of hidden_size / num_heads
+        if isinstance(self.attn_layers, tuple):
+            super().__setattr__("attn_layers", list(self.attn_layers))
         self.check_sizes()
-        if self.layer_types is None or (set(self.layer_types) <= {"linear_attention"}
-                                        and len(self.layer_types) != self.num_hidden_layers):
-            # (re)derived, e.g. when num_hidden_layers is overridden while loading a saved config
-            self.layer_types = ["linear_attention"] * self.num_hidden_layers
-        if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) != {"linear_attention"}:
-            raise ValueError(f"layer_types must be ['linear_attention'] * num_hidden_layers "
-                             f"({self.num_hidden_layers}), got {self.layer_types}")
+        given, derived = self.layer_types, self._derived_layer_types()
+        if given is None or (set(given) <= set(LAYER_TYPES) and given != derived
+                             and (set(given) <= {"linear_attention"} or len(given) != self.num_hidden_layers)):
+            # (re)derived: unset, all-linear (a saved config), or of another length (num_hidden_layers overridden)
+            super().__setattr__("layer_types", derived)
+        elif given != derived:
+            raise ValueError(f"layer_types is derived from attn_layers / attn_window ({derived}), got {given}: "
+                             f"leave layer_types unset and set attn_layers")
         if self.attn_mode not in ATTN_MODES:
             raise ValueError(f"attn_mode must be one of {ATTN_MODES}, got {self.attn_mode!r}")
 
@@ -124,8 +150,12 @@ class LinAttnConfig(PreTrainedConfig):
         return value
 
     def _derived_size(self, name, strict=True):
-        """head_k_dim / head_v_dim / intermediate_size from the current fields (strict=False: None when they do
-        not give one)."""
+        """head_k_dim / head_v_dim / intermediate_size / attn_num_heads / attn_num_kv_heads from the current
+        fields (strict=False: None when they do not give one)."""
+        if name == "attn_num_heads":
+            return self.num_heads
+        if name == "attn_num_kv_heads":
+            return self.attn_num_heads
         hidden_size, num_heads = self.hidden_size, self.num_heads
         if not (_positive_int(hidden_size) and _positive_int(num_heads)):
             if strict:
@@ -161,6 +191,55 @@ class LinAttnConfig(PreTrainedConfig):
         eps = self.rms_norm_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
             raise ValueError(f"rms_norm_eps must be a finite number > 0, got {eps!r}")
+        self.check_attention()
+
+    def check_attention(self):
+        """ValueError naming the first hybrid-attention field that cannot build a model."""
+        indices = self.attention_layer_indices  # checks attn_layers
+        heads, kv_heads = self.attn_num_heads, self.attn_num_kv_heads
+        if heads % kv_heads:
+            raise ValueError(f"attn_num_kv_heads = {kv_heads} must divide attn_num_heads = {heads}")
+        # the head split of the attention layers matters only where there are some (num_heads, which
+        # attn_num_heads follows by default, need not divide hidden_size when the linear head dims are set)
+        if indices and self.hidden_size % heads:
+            raise ValueError(f"attn_num_heads = {heads} must divide hidden_size = {self.hidden_size}")
+        if indices and (self.hidden_size // heads) % 2:
+            raise ValueError(f"attn_num_heads = {heads} gives an odd attention head dim {self.hidden_size // heads} "
+                             f"(hidden_size / attn_num_heads); rotary needs an even one")
+        w = self.attn_window
+        if w is not None and not _positive_int(w):
+            raise ValueError(f"attn_window must be None (full attention) or a positive integer, got {w!r}")
+        theta = self.attn_rope_theta
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not (math.isfinite(theta) and theta > 0):
+            raise ValueError(f"attn_rope_theta must be a finite number > 0, got {theta!r}")
+
+    @property
+    def attention_layer_indices(self):
+        """The sorted indices of the softmax-attention layers (from attn_layers; [] for a pure linear stack)."""
+        spec, n = self.attn_layers, self.num_hidden_layers
+        if spec is None:
+            return []
+        if isinstance(spec, bool) or not isinstance(spec, (int, list, tuple)):
+            raise ValueError(f"attn_layers must be None, a list of layer indices or an int interval, got {spec!r}")
+        if isinstance(spec, int):
+            if spec < 1:
+                raise ValueError(f"attn_layers as an interval must be >= 1 (every N-th layer), got {spec}")
+            return list(range(spec - 1, n, spec))
+        for i in spec:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise ValueError(f"attn_layers must hold integer layer indices, got {spec!r}")
+            if not 0 <= i < n:
+                raise ValueError(f"attn_layers: index {i} is out of range for num_hidden_layers = {n} "
+                                 f"(indices are 0-based, in [0, {n}))")
+        if len(set(spec)) != len(spec):
+            dup = sorted({i for i in spec if list(spec).count(i) > 1})
+            raise ValueError(f"attn_layers holds duplicate indices {dup}: {list(spec)}")
+        return sorted(spec)
+
+    def _derived_layer_types(self):
+        kind = "full_attention" if self.attn_window is None else "sliding_attention"
+        attn = set(self.attention_layer_indices)
+        return [kind if i in attn else "linear_attention" for i in range(self.num_hidden_layers)]
 
     def validate(self):
         """transformers' checks (also run by save_pretrained) and check_sizes."""
@@ -182,11 +261,21 @@ class LinAttnConfig(PreTrainedConfig):
         return out
 
     def __setattr__(self, key, value):
+        if key == "attn_layers" and isinstance(value, tuple):
+            value = list(value)
         super().__setattr__(key, value)
-        if key == "num_hidden_layers":  # keep an all-linear layer_types in step (e.g. overrides after loading)
+        if key in ("num_hidden_layers", "attn_layers", "attn_window"):
+            # keep layer_types in step (e.g. overrides after loading); a value that does not resolve is refused
+            # by check_sizes (from_pretrained and model construction run it)
+            # (not while the dataclass __init__ assigns the fields: attn_rope_theta, declared after the fields
+            # above, is assigned last of them; __post_init__ then checks a given layer_types against them)
             layer_types = self.__dict__.get("layer_types")
-            if layer_types is not None and set(layer_types) <= {"linear_attention"} and len(layer_types) != value:
-                super().__setattr__("layer_types", ["linear_attention"] * value)
+            if ("attn_rope_theta" in self.__dict__ and layer_types is not None
+                    and set(layer_types) <= set(LAYER_TYPES)):
+                try:
+                    super().__setattr__("layer_types", self._derived_layer_types())
+                except (ValueError, TypeError, AttributeError):
+                    pass
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):

@@ -22,6 +22,9 @@ updated in place by later steps; clone it to keep a snapshot.
 
 Host-side state stays outside the graph: cache.seen_tokens (a Python int) is advanced after the replay.
 
+Hybrid stacks (config.attn_layers set) decode eagerly: their attention layers' KV cache grows by a column per
+token, so the step has no fixed shapes; `ineligible` says so (documented fallback, tested in test_models.py).
+
 The eligibility rules are in `ineligible` (why a call runs eagerly); the model hooks are in modeling_common.py
 (LinAttnForCausalLM.forward, enable_decode_graph, reset_decode_graphs). Turned off by
 model.enable_decode_graph(False) or the environment variable LINATTN_DECODE_GRAPH=0.
@@ -60,6 +63,9 @@ def ineligible(model, input_ids=None, inputs_embeds=None, cache=None, use_cache=
         return "disabled (model.enable_decode_graph(False))"
     if not env_enabled():
         return f"disabled ({ENV_VAR}=0)"
+    if model.config.attention_layer_indices:
+        return ("hybrid stack: softmax-attention layers (config.attn_layers) keep a growing KV cache, which a "
+                "fixed graph does not; decoding runs eagerly")
     if input_ids is None or inputs_embeds is not None:
         return "needs input_ids, not inputs_embeds"
     if not torch.is_tensor(input_ids) or input_ids.ndim != 2 or input_ids.shape[1] != 1 or input_ids.shape[0] == 0:

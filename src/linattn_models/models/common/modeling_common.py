@@ -19,7 +19,7 @@ from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutp
                                            SequenceClassifierOutputWithPast)
 from transformers.utils import logging
 
-from ...layers import DeltaNet, Padding, TokenMixer
+from ...layers import DeltaNet, Padding, SoftmaxAttention, TokenMixer
 from ...ops.validate import ATTN_MODES
 from ...modules import GatedMLP, LearnableFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
 from ...ops.fused import cross_entropy_sum
@@ -207,8 +207,16 @@ def _output(cls, **fields):
     return cls(**fields)
 
 
+def build_attention(config, layer_idx):
+    """The softmax-attention mixer of a hybrid stack's layer `layer_idx` (config.attn_layers)."""
+    return SoftmaxAttention(config.hidden_size, config.attn_num_heads, num_kv_heads=config.attn_num_kv_heads,
+                            window_size=config.attn_window, rope_theta=config.attn_rope_theta, layer_idx=layer_idx,
+                            mode=config.attn_mode)
+
+
 class LinAttnModel(LinAttnPreTrainedModel):
-    """Embeddings, N decoder blocks, final norm. Subclasses set `config_class` and `build_mixer`."""
+    """Embeddings, N decoder blocks, final norm. Subclasses set `config_class` and `build_mixer`; the layers in
+    config.attn_layers get a SoftmaxAttention mixer instead (a hybrid stack)."""
 
     @staticmethod
     def build_mixer(config, layer_idx):
@@ -220,7 +228,9 @@ class LinAttnModel(LinAttnPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
-        self.layers = nn.ModuleList([LinAttnDecoderLayer(config, i, self.build_mixer(config, i))
+        attention = set(config.attention_layer_indices)
+        self.layers = nn.ModuleList([LinAttnDecoderLayer(config, i, build_attention(config, i) if i in attention
+                                                         else self.build_mixer(config, i))
                                      for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
@@ -305,7 +315,7 @@ class LinAttnModel(LinAttnPreTrainedModel):
 
 class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
     """Causal LM head. On CUDA, one-token decode steps with a populated cache (what `generate` runs after the
-    prompt) replay a captured CUDA graph (decode_graph.py): model.enable_decode_graph(False) or
+    prompt) replay a captured CUDA graph (decode_graph.py; hybrid stacks, with attn_layers, decode eagerly): model.enable_decode_graph(False) or
     LINATTN_DECODE_GRAPH=0 turns that off; graphs are dropped on .to()/.half()/..., on train() and by
     reset_decode_graphs() (call it after replacing parameter tensors, e.g. load_state_dict(assign=True))."""
 

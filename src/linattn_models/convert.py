@@ -141,9 +141,6 @@ def our_config(c):
     if unknown:
         raise ValueError(f"fla config field(s) {', '.join(unknown)} are not fields of fla 0.6.0's {fla_type} config; "
                          f"cannot tell whether they change the model")
-    _require(c, "attn", (None,), "fla's hybrid softmax-attention layers are not converted yet (ours: config "
-             "attn_layers / attn_num_heads / ..., with the same q/k/v/o_proj names; fla's qkv_bias, qk_norm and "
-             "rope settings would need checking first)")
     _require(c, "attnres_block_size", (None,), "attention residuals (AttnRes) are not implemented here")
     # hidden_act is both the MLP activation and (GLA, RetNet) the output gate's; ours are swish throughout
     _require(c, "hidden_act", ("swish", "silu"), "our MLP and output gate use swish")
@@ -187,7 +184,45 @@ def our_config(c):
         tie = c["tie_feature_map_qk"] if c["feature_map"] in LEARNABLE_FEATURE_MAPS else True
         kwargs.update(feature_map=c["feature_map"], tie_feature_map_qk=tie,
                       normalize_attention=bool(c["norm_feature_map"]), output_norm=True)
+    kwargs.update(_attn_fields(c))
     return CONFIGS[ARCHS[fla_type]](**kwargs)
+
+
+# fla 0.6.0's attention spec (models/configuration_utils.py): its keys and their defaults
+_FLA_ATTN_SPEC = {"layers": None, "num_heads": None, "num_kv_heads": None, "qkv_bias": False, "window_size": None,
+                  "rope_theta": 10000.0}
+
+
+def _attn_fields(c):
+    """fla's `attn` (None, one spec, or a list of specs, each {layers, num_heads, num_kv_heads, qkv_bias,
+    window_size, rope_theta}) -> our attn_* config fields. fla's attention layer (layers/attn.py as built by
+    get_attention) is ours: q/k/v/o_proj without bias, head dim hidden_size / num_heads, rotate-half RoPE with base
+    rope_theta from position 0, grouped-query heads, a window of window_size tokens including the current one."""
+    attn = c["attn"]
+    if attn is None:
+        return {}
+    specs = [attn] if isinstance(attn, dict) else attn
+    if not isinstance(specs, list) or not specs or not all(isinstance(s, dict) for s in specs):
+        raise ValueError(f"fla config field attn={attn!r} cannot be converted: expected a dict or a list of dicts")
+    settings = set()
+    for spec in specs:
+        unknown = sorted(set(spec) - set(_FLA_ATTN_SPEC))
+        if unknown:
+            raise ValueError(f"fla config field attn.{unknown[0]} is not a key of fla 0.6.0's attention spec; cannot "
+                             "tell whether it changes the model")
+        s = dict(_FLA_ATTN_SPEC, **spec)
+        if s["layers"] is None or s["num_heads"] is None:
+            raise ValueError("fla config field attn needs 'layers' and 'num_heads' in every spec")
+        if s["qkv_bias"]:
+            raise ValueError("fla config field attn.qkv_bias=True cannot be converted: our attention layers have no "
+                             "q/k/v biases (convertible: False)")
+        settings.add((s["num_heads"], s["num_kv_heads"] or s["num_heads"], s["window_size"], float(s["rope_theta"])))
+    if len(settings) > 1:
+        raise ValueError(f"fla config field attn holds specs with different settings {sorted(settings)}: ours has one "
+                         "setting for all attention layers")
+    heads, kv_heads, window, theta = settings.pop()
+    return dict(attn_layers=sorted(i for s in specs for i in s["layers"]), attn_num_heads=heads,
+                attn_num_kv_heads=kv_heads, attn_window=window, attn_rope_theta=theta)
 
 
 def _require(c, field, allowed, why):

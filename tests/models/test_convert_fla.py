@@ -96,6 +96,8 @@ def expected_state(c, tensors):
     layers = FLA_FEATURE_MAP_LAYERS.get(c["feature_map"] if c["model_type"] == "linear_attn" else None, ())
     scale = 2 if c.get("feature_map") == "hedgehog" else 1
     for i in range(L if layers else 0):
+        if attn_spec(c) and i in attn_spec(c)["layers"]:
+            continue  # a softmax-attention layer of a hybrid: no feature map
         p = f"model.layers.{i}.attn."
         ours = {"feature_map": "q"} if c["tie_feature_map_qk"] else {"feature_map_q": "q", "feature_map_k": "k"}
         for our, qk in ours.items():
@@ -110,6 +112,14 @@ def fla_head_dims(c):
     if c["model_type"] == "gated_deltanet":  # head_dim, and head_dim * expand_v per value head
         return c["num_heads"], c["head_dim"], int(c["head_dim"] * c["expand_v"])
     return c["num_heads"], int(D * c["expand_k"]) // c["num_heads"], int(D * c["expand_v"]) // c["num_heads"]
+
+
+def attn_spec(c):
+    """fla's `attn` as one dict (a list of specs with one setting, as fla allows, merged), or None."""
+    spec = c.get("attn")
+    if isinstance(spec, list):
+        spec = dict(spec[0], layers=[i for s in spec for i in s["layers"]])
+    return spec
 
 
 def fla_shapes(c):
@@ -144,12 +154,19 @@ def fla_shapes(c):
     shapes = {"model.embeddings.weight": (VOCAB, D), "model.norm.weight": (D,)}
     if not c["tie_word_embeddings"]:
         shapes["lm_head.weight"] = (VOCAB, D)
+    spec = attn_spec(c)
     for i in range(L):
         p = f"model.layers.{i}."
         shapes.update({p + "attn_norm.weight": (D,), p + "mlp_norm.weight": (D,),
                        p + "mlp.gate_proj.weight": (inter, D), p + "mlp.up_proj.weight": (inter, D),
                        p + "mlp.down_proj.weight": (D, inter)})
-        shapes.update({p + "attn." + n: s for n, s in attn.items()})
+        if spec and i in spec["layers"]:  # fla's softmax attention (layers/attn.py): head dim D / num_heads
+            kv = (spec.get("num_kv_heads") or spec["num_heads"]) * (D // spec["num_heads"])
+            mixer = {"q_proj.weight": (D, D), "k_proj.weight": (kv, D), "v_proj.weight": (kv, D),
+                     "o_proj.weight": (D, D)}
+        else:
+            mixer = attn
+        shapes.update({p + "attn." + n: s for n, s in mixer.items()})
     return shapes
 
 
@@ -178,6 +195,23 @@ def write_fla(path, fla_type, tensors=None, shards=1, **overrides):
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
     return str(path), c, tensors
+
+
+@pytest.mark.parametrize("fla_type", ["gla", "retnet", "linear_attn", "gated_deltanet"])
+def test_hybrid_attention_layers_convert(tmp_path, fla_type):
+    """fla's `attn` spec -> our attn_* fields, its attention layers' q/k/v/o_proj placed as they are (every tensor
+    of ours filled), for every model type that has the field."""
+    spec = {"layers": [0], "num_heads": 4, "num_kv_heads": 1, "window_size": 3, "rope_theta": 2000.0}
+    src, c, tensors = write_fla(tmp_path / "fla", fla_type, attn=spec)
+    model = AutoModelForCausalLM.from_pretrained(linattn_models.convert_fla(src, tmp_path / "ours"))
+    cfg = model.config
+    assert (cfg.attn_layers, cfg.attn_num_heads, cfg.attn_num_kv_heads, cfg.attn_window, cfg.attn_rope_theta) == \
+        ([0], 4, 1, 3, 2000.0)
+    assert tuple(model.state_dict()["model.layers.0.attn.k_proj.weight"].shape) == (D // 4, D)
+    check_placed(c, tensors, model.state_dict())
+    assert set(expected_state(c, tensors)) == set(model.state_dict())
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, VOCAB, (2, 9))).logits).all()
 
 
 def check_placed(c, tensors, state):
@@ -371,14 +405,47 @@ def fla_delta_mixer(c, t, p, x):
     return o.reshape(B, T, nh * hv) @ t[p + "o_proj.weight"].T
 
 
+def fla_attention(spec, t, p, x):
+    """fla 0.6.0's softmax attention layer (layers/attn.py) on x [B, T, D]: no biases, head dim D / num_heads,
+    rotate-half RoPE (base rope_theta) from position 0, query head h reading key/value head h // (H / H_kv),
+    causal, a window of window_size tokens including the current one; written out with an explicit mask."""
+    B, T, _ = x.shape
+    Hq = spec["num_heads"]
+    Hk = spec.get("num_kv_heads") or Hq
+    hd = D // Hq
+    q = (x @ t[p + "q_proj.weight"].T).view(B, T, Hq, hd)
+    k = (x @ t[p + "k_proj.weight"].T).view(B, T, Hk, hd)
+    v = (x @ t[p + "v_proj.weight"].T).view(B, T, Hk, hd)
+    inv = spec.get("rope_theta", 10000.0) ** -(torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]  # [T, hd / 2]
+    cos, sin = torch.cat([ang.cos()] * 2, -1)[None, :, None], torch.cat([ang.sin()] * 2, -1)[None, :, None]
+
+    def rope(y):
+        return y * cos + torch.cat([-y[..., hd // 2:], y[..., :hd // 2]], -1) * sin
+
+    q, k = rope(q), rope(k).repeat_interleave(Hq // Hk, 2)
+    v = v.repeat_interleave(Hq // Hk, 2)
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    allowed = j <= i
+    if spec.get("window_size") is not None:
+        allowed = allowed & (i - j < spec["window_size"])
+    s = torch.einsum("bthd,bshd->bhts", q, k) / hd ** 0.5
+    a = s.masked_fill(~allowed, float("-inf")).softmax(-1)
+    return torch.einsum("bhts,bshd->bthd", a, v).reshape(B, T, D) @ t[p + "o_proj.weight"].T
+
+
 def fla_delta_logits(c, t, ids):
     """fla's DeltaNetForCausalLM / GatedDeltaNetForCausalLM: pre-norm blocks (attn_norm, mixer, residual,
-    mlp_norm, SwiGLU GatedMLP, residual), the final norm and the LM head."""
+    mlp_norm, SwiGLU GatedMLP, residual), the final norm and the LM head; the layers in c["attn"]["layers"]
+    (a hybrid) with fla's softmax attention as the mixer."""
     eps = c["norm_eps"]
     x = t["model.embeddings.weight"][ids]
+    spec = attn_spec(c)
     for i in range(L):
         p = f"model.layers.{i}."
-        x = x + fla_delta_mixer(c, t, p + "attn.", rms(x, t[p + "attn_norm.weight"], eps))
+        mixer = (lambda *a: fla_attention(spec, *a)) if spec and i in spec["layers"] else \
+            (lambda *a: fla_delta_mixer(c, *a))
+        x = x + mixer(t, p + "attn.", rms(x, t[p + "attn_norm.weight"], eps))
         h = rms(x, t[p + "mlp_norm.weight"], eps)
         h = F.silu(h @ t[p + "mlp.gate_proj.weight"].T) * (h @ t[p + "mlp.up_proj.weight"].T)
         x = x + h @ t[p + "mlp.down_proj.weight"].T
@@ -389,7 +456,11 @@ def fla_delta_logits(c, t, ids):
 @pytest.mark.parametrize("fla_type,overrides", [
     ("delta_net", dict()), ("delta_net", dict(use_gate=True, allow_neg_eigval=True)),
     ("gated_deltanet", dict()), ("gated_deltanet", dict(use_gate=False, allow_neg_eigval=True, conv_size=3)),
-    ("gated_deltanet", dict(num_heads=3, head_dim=24, expand_v=1.5))])  # 3 heads of 24 in a hidden size of 64
+    ("gated_deltanet", dict(num_heads=3, head_dim=24, expand_v=1.5)),  # 3 heads of 24 in a hidden size of 64
+    # hybrids: fla's softmax attention in layer 1 (grouped-query, a window, another rotary base) or layer 0
+    ("gated_deltanet", dict(attn={"layers": [1], "num_heads": 4, "num_kv_heads": 2, "window_size": 7,
+                                  "rope_theta": 500.0})),
+    ("delta_net", dict(attn=[{"layers": [0], "num_heads": 2, "qkv_bias": False}]))])
 def test_delta_logits_match_fla_math(tmp_path, fla_type, overrides):
     """The converted model (float64) against fla's forward written out above, at 12 tokens (our recurrent mode)
     and 40 (chunked)."""
@@ -410,22 +481,25 @@ def test_delta_logits_match_fla_math(tmp_path, fla_type, overrides):
             got = model(ids).logits
         want = fla_delta_logits(c, t, ids)
         assert want.abs().max() > 0.5  # not a degenerate check
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+        # attention layers: our rotary frequencies are an fp32 table (cast to fp64 by .double()), fla's here fp64
+        tol = 1e-6 if c.get("attn") else 1e-9
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("fla_type,field,value", [
     ("gla", "feature_map", "relu"), ("gla", "clamp_min", -5.0), ("gla", "use_output_gate", False),
-    ("gla", "num_kv_heads", 1), ("gla", "hidden_act", "powlu"), ("gla", "attn", {"layers": [1], "num_heads": 2}),
+    ("gla", "num_kv_heads", 1), ("gla", "hidden_act", "powlu"), ("gla", "attn", {"layers": [1], "num_heads": 2, "qkv_bias": True}),
     ("gla", "attnres_block_size", 2), ("gla", "expand_k", 0.3), ("gla", "some_new_option", 1),
     ("retnet", "feature_map", "elu"), ("retnet", "use_output_gate", False),
     ("linear_attn", "feature_map", "t2r"), ("linear_attn", "feature_map", "dpfp"),
     ("linear_attn", "norm_q", True), ("linear_attn", "norm_k", True),
     ("delta_net", "use_short_conv", False), ("delta_net", "qk_activation", "relu"), ("delta_net", "qk_norm", "sum"),
-    ("delta_net", "use_beta", False), ("delta_net", "attn", {"layers": [1], "num_heads": 2}),
+    ("delta_net", "use_beta", False), ("delta_net", "attn", {"layers": [1], "num_heads": 2, "qk_norm": True}),
     ("delta_net", "attnres_block_size", 2), ("delta_net", "hidden_act", "relu"), ("delta_net", "expand_k", 0.3),
     ("delta_net", "num_kv_heads", 1), ("delta_net", "elementwise_affine", False),
     ("gated_deltanet", "num_v_heads", 2 * H), ("gated_deltanet", "output_gate_activation", "sigmoid"),
-    ("gated_deltanet", "use_short_conv", False), ("gated_deltanet", "attn", {"layers": [0], "num_heads": 2}),
+    ("gated_deltanet", "use_short_conv", False),
+    ("gated_deltanet", "attn", [{"layers": [0], "num_heads": 2}, {"layers": [1], "num_heads": 4}]),
     ("gated_deltanet", "expand_v", 0.3), ("gated_deltanet", "expand_k", 1.0)])
 def test_unconvertible_config_is_named(tmp_path, fla_type, field, value):
     _, _, tensors = write_fla(tmp_path, fla_type)

@@ -93,20 +93,68 @@ def check(name, dtype, backend, mode, device, rank, world):
     return not bad
 
 
+MODELS = {  # hybrids with short convs, rotary positions (RetNet's own and the attention layers'), a window, GQA
+    "gated_deltanet-hybrid": ("GatedDeltaNetConfig", dict(attn_layers=[1], attn_num_heads=4, attn_num_kv_heads=2,
+                                                          attn_window=9)),
+    "retnet-hybrid": ("RetNetConfig", dict(attn_layers=[0])),
+    "gla": ("GLAConfig", dict(use_short_conv=True)),
+}
+
+
+def check_model(name, rank, world):
+    """A tiny model (float64, torch backend) on the whole sequence vs this rank's piece under split_sequence:
+    the piece's logits, and every parameter gradient summed over the ranks."""
+    import linattn_models
+    from transformers import AutoModelForCausalLM
+    cls, extra = MODELS[name]
+    cfg = getattr(linattn_models, cls)(hidden_size=32, num_hidden_layers=3, num_heads=2, vocab_size=50,
+                                       intermediate_size=64, **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).double()
+    T = sum(PIECES[world])
+    start = sum(PIECES[world][:rank])
+    end = start + PIECES[world][rank]
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 50, (2, T), generator=g)
+    w = torch.randn(2, T, 50, generator=g, dtype=torch.float64)
+    full = model(ids).logits
+    (full * w).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with ops.split_sequence():
+        piece = model(ids[:, start:end]).logits
+    (piece * w[:, start:end]).sum().backward()
+    bad = []
+    err = ((piece - full[:, start:end]).norm() / full.norm()).item()
+    if not err <= 1e-10:
+        bad.append(f"logits: rel err {err:.2e}")
+    for n, p in model.named_parameters():
+        dist.all_reduce(p.grad)
+        err = ((p.grad - ref[n]).norm() / ref[n].norm().clamp_min(1e-30)).item()
+        if not err <= 1e-9:
+            bad.append(f"grad {n}: rel err {err:.2e}")
+    print(("FAIL " if bad else "ok   ") + f"rank {rank}/{world} model {name}" + ("  " + "; ".join(bad[:6]) if bad
+                                                                                   else ""), flush=True)
+    return not bad
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--ops", required=True, help="comma-separated op names (linear_attention_normalized too)")
-    p.add_argument("--cases", required=True, help="comma-separated dtype:backend:mode, e.g. float64:torch:chunk")
+    p.add_argument("--ops", default="", help="comma-separated op names (linear_attention_normalized too)")
+    p.add_argument("--cases", default="", help="comma-separated dtype:backend:mode, e.g. float64:torch:chunk")
+    p.add_argument("--models", default="", help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     dist.init_process_group("nccl" if a.device == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device(f"cuda:{rank}") if a.device == "cuda" else torch.device("cpu")
     ok = True
-    for case in a.cases.split(","):
+    for case in filter(None, a.cases.split(",")):
         dtype, backend, mode = case.split(":")
         for name in a.ops.split(","):
             ok &= check(name, getattr(torch, dtype), backend, mode, device, rank, world)
+    for name in filter(None, a.models.split(",")):
+        ok &= check_model(name, rank, world)
     dist.destroy_process_group()
     sys.exit(0 if ok else 1)
 

@@ -23,14 +23,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def launch(world, op_names, cases, device="cpu", timeout=600):
+def launch(world, op_names, cases, device="cpu", timeout=600, models=""):
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "ops" / "cp_worker.py"), "--ops", op_names,
-                               "--cases", cases, "--device", device], env=dict(env, RANK=str(r)),
+                               "--cases", cases, "--models", models, "--device", device],
+                              env=dict(env, RANK=str(r)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
     outs = []
     try:
@@ -41,7 +42,8 @@ def launch(world, op_names, cases, device="cpu", timeout=600):
             p.kill()
     log = "\n".join(outs)
     assert all(p.returncode == 0 for p in procs), log
-    assert log.count("ok   ") == world * len(op_names.split(",")) * len(cases.split(",")), log
+    n = len(op_names.split(",")) * len(cases.split(",")) if op_names else 0
+    assert log.count("ok   ") == world * (n + len(list(filter(None, models.split(","))))), log
     return log
 
 
@@ -60,6 +62,13 @@ def test_triton_kernels_split_equals_whole_interpreted():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL allows one rank per GPU)")
 def test_triton_kernels_split_equals_whole_on_gpus():
     launch(2, ALL, "float32:triton:chunk,float32:triton:recurrent", device="cuda")
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_models_split_equal_whole(world):
+    """Hybrid models (short convs, rotary, softmax attention with a window and GQA) under ops.split_sequence: each
+    rank's logits and the rank-summed parameter gradients equal the single-process model's (float64)."""
+    launch(world, "", "", models="gated_deltanet-hybrid,retnet-hybrid,gla")
 
 
 def test_bad_arguments():

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..modules import RotaryEmbedding
+from ..ops.context_parallel import active_group, gather_sequence, piece_offset
 from .common import TokenMixer
 
 
@@ -101,6 +102,9 @@ class SoftmaxAttention(TokenMixer):
         q = self.q_proj(x).view(B, T, H, D)
         k = self.k_proj(x).view(B, T, Hk, D)
         v = self.v_proj(x).view(B, T, Hk, D)
+        split, group = active_group()
+        if split and cache is None:
+            return self._forward_split(q, k, v, padding, positions, group)
         past_k, past_v, past_mask = (self.get_state(cache, n) for n in ("key", "value", "kv_mask"))
         new_mask = None if padding is None else padding.mask.to(x.device)
         if positions is None:
@@ -122,6 +126,27 @@ class SoftmaxAttention(TokenMixer):
         o = self._attend(q, k, v, kv_mask, new_mask, P)  # [B, H, T, D]
         if new_mask is not None:
             o = o * new_mask[:, None, :, None].to(o.dtype)  # pads: zero output
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
+
+    def _forward_split(self, q, k, v, padding, positions, group):
+        """This rank's piece of a sequence split over `group` (ops.split_sequence): its queries attend to the keys
+        of every earlier piece and its own, gathered from the ranks (with their gradient)."""
+        if padding is not None:
+            raise ValueError("context parallel (split_sequence): padded batches are not supported")
+        B, T, H, D = q.shape
+        offset = piece_offset(T, q.device, group)
+        if positions is None:
+            positions = (torch.arange(T, device=q.device) + offset).expand(B, T)
+        q, k = self._rotate(q, k, positions)
+        k, v = gather_sequence(k, group), gather_sequence(v, group)  # [B, S, H_kv, D], the whole sequence
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        rows = offset + torch.arange(T, device=q.device)[:, None]
+        cols = torch.arange(k.shape[2], device=q.device)[None, :]
+        allowed = cols <= rows
+        if self.window_size is not None:
+            allowed = allowed & (rows - cols < self.window_size)
+        gqa = dict(enable_gqa=True) if self.num_kv_heads != self.num_heads else {}
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, **gqa)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, H * D))
 
     @staticmethod

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..modules import ShortConvolution, linear_recomputing_input
+from ..ops.context_parallel import active_group, context_parallel, halo
 from ..ops.fused import rms_norm
 from ..ops.reference import compute_dtype
 from ..ops.validate import ATTN_MODES
@@ -56,6 +57,13 @@ def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, pa
     Returns (o [B, T, H, V], final_state [B, H, K, V] fp32 or None). Rows without real tokens keep their
     initial state (zeros when there is none). final_state_in_place: passed to the op (unpadded calls only)."""
     args = ((q, k, v) if g is None else (q, k, v, g)) + tuple(extra)
+    split, group = active_group()
+    if split:  # this rank's piece of one sequence (ops.split_sequence): exchange state summaries
+        if padding is not None:
+            raise ValueError("context parallel (split_sequence): padded batches are not supported; give every rank "
+                             "its piece of unpadded sequences (no attention_mask with pads)")
+        return context_parallel(op, *args, group=group, initial_state=initial_state,
+                                output_final_state=output_final_state, mode=mode, **kwargs)
     if padding is None:
         return op(*args, initial_state=initial_state, output_final_state=output_final_state, mode=mode,
                   final_state_in_place=final_state_in_place, **kwargs)
@@ -162,6 +170,10 @@ class TokenMixer(nn.Module):
 
     def conv(self, conv_module, x, cache, name, padding):
         """Run a ShortConvolution, reading/writing its state `name` in the cache."""
+        split, group = active_group()
+        if split and cache is None:  # a split sequence: the previous rank's last inputs are this piece's history
+            history = halo(x, conv_module.kernel_size[0] - 1, group).transpose(1, 2)
+            return conv_module(x, conv_state=history, mask=None if padding is None else padding.mask)[0]
         y, state = conv_module(x, conv_state=self.get_state(cache, name),
                                mask=None if padding is None else padding.mask, output_final_state=cache is not None)
         self.set_state(cache, name, state)

@@ -15,10 +15,70 @@ rank holds more than its piece. The backward is autograd's through the three ste
 (`_EnteringState`) sums the gradients of every (M_j, s_j) over the ranks with one all-reduce. Collectives are
 torch.distributed's (NCCL on GPUs, gloo on CPU).
 """
+import contextlib
+import contextvars
+
 import torch
 import torch.distributed as dist
 
 from . import api, delta
+
+# The process group the models split their sequences over, set by `split_sequence` (None: not split).
+_GROUP = contextvars.ContextVar("linattn_context_parallel_group", default=None)
+_WORLD = object()  # stands for the default group (None is "not split")
+
+
+@contextlib.contextmanager
+def split_sequence(group=None):
+    """Inside it, the models treat their input as this rank's piece of one sequence split over `group` (default:
+    the world) in rank order: the linear mixers run through `context_parallel`, short convs take the previous
+    rank's last inputs, softmax-attention layers attend to the earlier ranks' keys, rotary positions continue
+    from the earlier pieces. Training and full forwards only (no cache, no padding mask)."""
+    token = _GROUP.set(_WORLD if group is None else group)
+    try:
+        yield
+    finally:
+        _GROUP.reset(token)
+
+
+def active_group():
+    """(True, group) inside `split_sequence`, else (False, None)."""
+    g = _GROUP.get()
+    return (False, None) if g is None else (True, None if g is _WORLD else g)
+
+
+def piece_offset(T, device, group=None):
+    """The number of tokens on the ranks before this one (pieces may differ in length)."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, torch.tensor([T], dtype=torch.long, device=device), group=group)
+    return int(sum(s.item() for s in sizes[:dist.get_rank(group)]))
+
+
+def gather_sequence(x, group=None):
+    """x [B, T_r, ...] of every rank, concatenated in rank order over dim 1 (autograd: the gradient of each piece
+    goes back to its rank). Pieces may differ in length. Every rank's graph reaches the gather (its backward is
+    a collective)."""
+    import torch.distributed.nn.functional as dnn
+    world = dist.get_world_size(group)
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([x.shape[1]], dtype=torch.long, device=x.device), group=group)
+    sizes = [int(s.item()) for s in sizes]
+    pad = max(sizes) - x.shape[1]
+    padded = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1) if pad else x
+    parts = dnn.all_gather(padded.contiguous(), group=group)
+    return torch.cat([p[:, :n] for p, n in zip(parts, sizes)], 1)
+
+
+def halo(x, width, group=None):
+    """The `width` inputs [B, width, D] just before this rank's piece x [B, T_r, D] (zeros on rank 0): what a
+    causal conv of width + 1 taps reads across the piece boundary. Every piece must hold >= width tokens."""
+    import torch.distributed.nn.functional as dnn
+    if x.shape[1] < width:
+        raise ValueError(f"context parallel: a piece of {x.shape[1]} tokens is shorter than the short conv's "
+                         f"{width} tokens of history; give every rank at least {width} tokens")
+    tails = torch.stack(dnn.all_gather(x[:, x.shape[1] - width:].contiguous(), group=group))  # [world, B, w, D]
+    rank = dist.get_rank(group)
+    return tails[rank - 1] if rank else tails[0] * 0  # rank 0 too keeps a path to the gather, for its backward
 
 _ADDITIVE = {api.linear_attention: 0, api.retention: 0, api.simple_gla: 1, api.gated_linear_attention: 1}
 _DELTA = {delta.delta_rule: 1, delta.gated_delta_rule: 2}  # op -> how many positional gate/beta arguments

@@ -22,6 +22,7 @@ from transformers.utils import logging
 from ...layers import DeltaNet, Padding, SoftmaxAttention, TokenMixer
 from ...ops.validate import ATTN_MODES
 from ...modules import GatedMLP, LearnableFeatureMap, RMSNorm, RotaryEmbedding, ShortConvolution
+from ...ops.context_parallel import active_group, piece_offset
 from ...ops.fused import cross_entropy_sum
 from ...ops.validate import values_checked
 from .cache import LinearAttentionCache
@@ -306,6 +307,9 @@ class LinAttnModel(LinAttnPreTrainedModel):
                                     "boundaries; pad the batch and pass attention_mask instead")
             return pid.expand(B, T)
         offset = None if cache is None else cache.positions
+        split, group = active_group()
+        if split and cache is None:  # this rank's piece of a split sequence: positions continue the earlier ones
+            offset = torch.full((B,), piece_offset(T, device, group), dtype=torch.long, device=device)
         if padding is None:
             pos = torch.arange(T, device=device).expand(B, T)
         else:

@@ -64,7 +64,7 @@ def test_triton_kernels_split_equals_whole_on_gpus():
     launch(2, ALL, "float32:triton:chunk,float32:triton:recurrent", device="cuda")
 
 
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [3])  # a first, a middle and a last piece
 def test_models_split_equal_whole(world):
     """Hybrid models (short convs, rotary, softmax attention with a window and GQA) under ops.split_sequence: each
     rank's logits and the rank-summed parameter gradients equal the single-process model's (float64)."""

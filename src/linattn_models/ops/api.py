@@ -21,7 +21,9 @@ NORMALIZER_EPS = 1e-6
 
 def _resolve_scale(q, scale):
     """The float scale to use: K^-0.5 by default; must be finite."""
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if scale is None:  # finite (K > 0 is checked); under torch.compile with a dynamic K, a symbolic float
+        return q.shape[-1] ** -0.5
+    scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale

@@ -189,3 +189,29 @@ def test_value_checks_still_raise_eagerly_and_kernel_config_is_refused_under_com
                              backend="eager")
     with pytest.raises(Exception, match="kernel_config is not supported under torch.compile"):
         compiled(q, k, v)
+
+
+def test_triton_backend_under_compile_matches_eager(device):
+    """The custom ops on the Triton backend (compiled kernels on a GPU, the interpreter on CPU): forward and the
+    kernels' backward (gla_backward / delta_backward, A recomputed) equal the eager autograd functions'."""
+    q, k, v, g = (x.to(device) for x in _gla_inputs(T=20, K=16, V=16))
+    beta = torch.rand(1, 20, 2, device=device).clamp_min(0.1)
+    gs = F.logsigmoid(torch.randn(1, 20, 2, device=device))
+    h0 = torch.randn(1, 2, 16, 16, device=device)
+
+    def run(q, k, v, g, gs, beta, h0):
+        o1, s1 = ops.gated_linear_attention(q, k, v, g, initial_state=h0, output_final_state=True, backend="triton")
+        o2, _ = ops.retention(q, k, v, backend="triton", mode="chunk")
+        o3, s3 = ops.gated_delta_rule(q, k, v, gs, beta, use_qk_l2norm=True, initial_state=h0,
+                                      output_final_state=True, backend="triton")
+        return o1.sum() + s1.sum() + o2.sum() + o3.sum() + s3.sum(), (o1, s1, o2, o3, s3)
+
+    inputs = [x.clone().requires_grad_() for x in (q, k, v, g, gs, beta, h0)]
+    total, outs = torch.compile(run, fullgraph=True, backend="aot_eager")(*inputs)
+    total.backward()
+    got = [x.grad for x in inputs]
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    want_total, want_outs = run(*inputs)
+    want_total.backward()
+    for a, b in zip(outs + tuple(got), want_outs + tuple(x.grad for x in inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

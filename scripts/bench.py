@@ -13,7 +13,9 @@ Kinds of case:
           once at the copy bandwidth measured in this run). A case with several `configs` is a sweep: each
           config goes to the op's `kernel_config=` (keys of ops/triton/config.py) and its row says its time over
           the first config's and its largest output difference from it (a wrong config shows there).
-  models  training tokens/s and peak memory (AdamW, bf16 autocast, fp32 master weights, median step).
+  models  training tokens/s and peak memory (AdamW, bf16 autocast, fp32 master weights, median step); the
+          `compile` case: torch.compile(model, fullgraph=True) against eager, step ms, first compiled step (the
+          compile) and the two first steps' loss difference (docs/compile.md).
   decode  greedy `generate`: per-token latency (median interval between decode steps) with the CUDA-graph decode
           step on and off, the decode step alone, and the checks that graphs change no token (greedy and beam).
 --set NAME=VALUE (JSON, else a string) overrides a parameter of the selected cases, --tiny runs each case's
@@ -399,6 +401,55 @@ def train_case(p, ctx):
     return rows, []
 
 
+def compile_case(p, ctx):
+    """Per model: eager and torch.compile'd training step (median ms, same shapes), the first compiled step's
+    seconds (tracing + compiling + one step), the loss difference of the two first steps (same weights, same
+    batch: two models built from one seed)."""
+    rows = []
+    for name in p["models"]:
+        row = dict(model=name)
+        try:
+            for compiled in (False, True):
+                model, cfg = build_model(name, p["size"])
+                model.train()
+                run = torch.compile(model, fullgraph=p["fullgraph"], backend=p["backend"],
+                                    dynamic=p["dynamic"]) if compiled else model
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=CUDA)
+                gen = torch.Generator().manual_seed(0)
+
+                def step():
+                    x = torch.randint(0, cfg.vocab_size, (p["B"], p["T"]), generator=gen).to(DEV)
+                    with torch.autocast(DEV, dtype=torch.bfloat16):
+                        loss = run(input_ids=x, labels=x).loss
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    return loss.item()
+                times = []
+                for i in range(p["warmup"] + p["steps"]):
+                    sync()
+                    t = time.perf_counter()
+                    loss = step()
+                    sync()
+                    if i == 0:
+                        row["compile_s" if compiled else "eager_first_s"] = time.perf_counter() - t
+                        row["loss_first_compiled" if compiled else "loss_first"] = loss
+                    if i >= p["warmup"]:
+                        times.append(time.perf_counter() - t)
+                row["compiled_ms" if compiled else "eager_ms"] = statistics.median(times) * 1e3
+                model = run = opt = None
+                if CUDA:
+                    torch.cuda.empty_cache()
+            row["speedup"] = row["eager_ms"] / row["compiled_ms"]
+            row["loss_diff"] = abs(row["loss_first"] - row["loss_first_compiled"])
+        except Exception as e:  # noqa: BLE001  one model's failure must not hide the others
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        log(f"  compile {json.dumps(row)}")
+        rows.append(row)
+        torch._dynamo.reset()
+    return rows, []
+
+
 # -------------------------------------------------------------------------------------------------------- decode
 
 def step_clock():
@@ -575,6 +626,11 @@ CASES = {
                   dict(models=[f"ours_{a}" for a in ARCHS] + ["fla_retnet", "llama"], size="370m", B=4, T=4096,
                        steps=5, warmup=2, profile=False),
                   dict(models=["ours_gla", "llama"], size="tiny", B=2, T=64, steps=2, warmup=1)),
+    "compile": Case("models", compile_case, "torch.compile(fullgraph) vs eager training step at 370M, B=4 T=4096, "
+                    "and the first compiled step (compile time), per architecture",
+                    dict(models=[f"ours_{a}" for a in ARCHS + ["deltanet", "gated_deltanet"]], size="370m", B=4,
+                         T=4096, steps=5, warmup=2, backend="inductor", fullgraph=True, dynamic=False),
+                    dict(models=["ours_gla"], size="tiny", B=2, T=48, steps=1, warmup=1, backend="eager")),
     "decode": Case("decode", decode_case, "ours at 370M bf16: CUDA-graph vs eager decode, graph == eager tokens",
                    dict(models=[f"ours_{a}" for a in ARCHS], **DECODE), dict(models=["ours_gla"], **DECODE_TINY)),
     "decode_peers": Case("decode", decode_case, "fla RetNet / GLA and Llama (SDPA) through generate, same shapes",
@@ -595,7 +651,9 @@ COLUMNS = {
             ("fwd s", "fwd_s", ".1f"), ("bwd s", "bwd_s", ".1f"), ("first call s", "total_s", ".1f")],
     "models": [("model", "model", "s"), ("params M", "params_m", ".0f"), ("tok/s", "tok_s", ".0f"),
                ("step ms", "step_ms", ".1f"), ("peak GB", "peak_gb", ".1f"), ("loss first", "loss_first", ".3f"),
-               ("loss last", "loss_last", ".3f")],
+               ("loss last", "loss_last", ".3f"), ("eager ms", "eager_ms", ".1f"),
+               ("compiled ms", "compiled_ms", ".1f"), ("speedup", "speedup", ".2f"), ("compile s", "compile_s", ".1f"),
+               ("loss diff", "loss_diff", ".1e")],
     "decode": [("model", "model", "s"), ("P", "P", "d"), ("B", "B", "d"), ("tokens", "tokens", "s"),
                ("graph ms/tok", "graph_ms", ".3f"), ("graph tok/s", "graph_tok_s", ".0f"),
                ("graph step ms", "graph_step_ms", ".3f"), ("eager ms/tok", "eager_ms", ".3f"),

@@ -65,3 +65,14 @@ def test_registry_list_and_argument_errors(bench, capsys):
         bench.main(["--cases", "no_such_case"])
     with pytest.raises(SystemExit):
         bench.main(["--cases", "linear_attention", "--set", "no_such_param=1"])
+
+
+def test_compile_case_tiny(bench):
+    """The torch.compile case at a tiny size on CPU (dynamo's eager backend: tracing fullgraph, no codegen)."""
+    case = bench.CASES["compile"]
+    rows, checks = case.fn({**case.params, **case.tiny}, {"tiny": True})
+    (row,) = rows
+    assert "error" not in row, row
+    assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["compile_s"] > 0
+    assert row["loss_diff"] < 1e-4  # the same weights and batch: bf16 autocast rounding at most
+    assert "compile s" in bench.table("models", rows)

@@ -4,33 +4,48 @@ A mixer sees hidden states [B, T, D] and, when the batch is padded, a `Padding` 
 tokens are. The op then runs on the real tokens only, packed as one [1, N_real] sequence with `cu_seqlens`
 (one segment per row that has real tokens); pads never reach a state and never decay it, and their outputs
 are zeros. The cache is duck-typed: `cache.get_state(layer_idx, name)` / `cache.set_state(layer_idx, name, x)`.
+
+Under torch.compile the packing is replaced by masking (packing needs nonzero and a host read of the counts,
+data-dependent shapes that break the graph): `Padding` then carries the mask only, and `attend` runs the op on
+the padded batch with the pads made inert: k = v = 0 (nothing enters the state), g = 0 (no decay), the extra
+per-token tensors (the delta rule's beta) = 0 (an identity step), retention's fixed decays as a per-token
+gate that is 0 at pads (ops.simple_gla); pads' outputs are zeroed. The states and real tokens' outputs are
+those of the packed call up to rounding (another chunking of the same sums).
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import ops
 from ..modules import ShortConvolution, linear_recomputing_input
 from ..ops.context_parallel import active_group, context_parallel, halo
 from ..ops.fused import rms_norm
+from ..ops.library import retention_log_decays
 from ..ops.reference import compute_dtype
 from ..ops.validate import ATTN_MODES
-
 
 
 @dataclass
 class Padding:
     """The real tokens of a padded [B, T] batch (built once per forward, shared by all layers)."""
 
-    mask: torch.Tensor        # [B, T] bool, True = real token
-    indices: torch.Tensor     # [N_real] flat indices into B*T of the real tokens, row-major
-    rows: torch.Tensor        # [N] rows holding at least one real token
-    cu_seqlens: torch.Tensor  # [N + 1] int64 offsets of those rows' tokens in the packed sequence
+    mask: torch.Tensor                   # [B, T] bool, True = real token
+    indices: Optional[torch.Tensor]      # [N_real] flat indices into B*T of the real tokens, row-major
+    rows: Optional[torch.Tensor]         # [N] rows holding at least one real token
+    cu_seqlens: Optional[torch.Tensor]   # [N + 1] int64 offsets of those rows' tokens in the packed sequence
+    # indices, rows and cu_seqlens are None under torch.compile: the mask alone, `attend` masks (module docstring)
+
+    @property
+    def packed(self):
+        return self.indices is not None
 
     @classmethod
     def from_mask(cls, attention_mask, seq_len):
-        """None when the last `seq_len` columns of the 2-D mask are all real tokens (nothing to pack)."""
+        """None when the last `seq_len` columns of the 2-D mask are all real tokens (nothing to pack); under
+        torch.compile a mask-only Padding whatever the mask holds (no data-dependent branch)."""
         if attention_mask is None:
             return None
         if attention_mask.ndim != 2:
@@ -39,6 +54,8 @@ class Padding:
         if attention_mask.shape[1] < seq_len:
             raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but the input has {seq_len}")
         mask = attention_mask[:, attention_mask.shape[1] - seq_len:].bool()
+        if torch.compiler.is_compiling():
+            return cls(mask, None, None, None)
         if bool(mask.all()):
             return None
         counts = mask.sum(1)
@@ -67,6 +84,9 @@ def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, pa
     if padding is None:
         return op(*args, initial_state=initial_state, output_final_state=output_final_state, mode=mode,
                   final_state_in_place=final_state_in_place, **kwargs)
+    if not padding.packed:
+        return _attend_masked(op, args, initial_state, output_final_state, padding.mask, mode,
+                              kwargs)
     B, T, H = q.shape[:3]
     V = v.shape[-1]
     if padding.indices.numel() == 0:
@@ -89,6 +109,21 @@ def attend(op, q, k, v, g=None, initial_state=None, output_final_state=False, pa
         base = initial_state if initial_state is not None else state.new_zeros(B, *state.shape[1:])
         state = base.index_copy(0, padding.rows, state)
     return o, state
+
+
+def _attend_masked(op, args, initial_state, output_final_state, mask, mode, kwargs):
+    """attend on the padded batch with the pads made inert (module docstring): the torch.compile path."""
+    def zero_pads(x):
+        return x * mask.view(mask.shape + (1,) * (x.ndim - 2)).to(x.dtype)
+
+    q, k, v = args[0], zero_pads(args[1]), zero_pads(args[2])
+    rest = tuple(zero_pads(x) for x in args[3:])  # g (if gated) and the extra per-token tensors
+    if op is ops.retention:
+        decays = retention_log_decays(q.shape[2], q.device, compute_dtype(q))
+        op, rest = ops.simple_gla, (zero_pads(decays.expand(q.shape[:3])),)
+    o, state = op(q, k, v, *rest, initial_state=initial_state, output_final_state=output_final_state, mode=mode,
+                  **kwargs)
+    return zero_pads(o), state
 
 
 class TokenMixer(nn.Module):

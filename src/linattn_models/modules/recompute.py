@@ -4,11 +4,15 @@ A linear layer keeps its input for the weight gradient. When that input is a che
 tensors autograd keeps anyway (the gated norm's output from o and the gate; SwiGLU's from the two branches),
 keeping it is pure cost: B·T·in_features values per layer (4 KB per token and layer for the 370M RetNet's
 o_proj and down_proj each). Here the backward recomputes fn (one fused kernel on GPUs) instead.
+
+Under torch.compile this is bypassed (plain linear(fn(*inputs))): dynamo cannot trace the backward's
+torch.autograd.grad, and the compiler's own partitioner (min-cut rematerialisation, the default of the
+inductor backend) already recomputes cheap elementwise producers such as fn in the backward instead of saving
+them, which is what this helper does by hand in eager mode.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 
 class _LinearRecompute(torch.autograd.Function):
@@ -64,9 +68,9 @@ def linear_recomputing_input(linear, fn, *inputs):
     function of `inputs` alone: parameters it uses are passed among them (their gradients come back through
     autograd like any input's; a parameter read inside fn would get none). Falls back to the plain
     call for anything but a bias-free nn.Linear without hooks (a LoRA or quantised layer must see its input),
-    or when no gradient is wanted."""
-    plain = (type(linear) is not nn.Linear or linear.bias is not None or linear._forward_hooks
-             or linear._forward_pre_hooks or nn.modules.module._global_forward_hooks
+    or when no gradient is wanted, and under torch.compile (module docstring: the partitioner does it)."""
+    plain = (torch.compiler.is_compiling() or type(linear) is not nn.Linear or linear.bias is not None
+             or linear._forward_hooks or linear._forward_pre_hooks or nn.modules.module._global_forward_hooks
              or nn.modules.module._global_forward_pre_hooks or not torch.is_grad_enabled()
              or not (linear.weight.requires_grad or any(x is not None and x.requires_grad for x in inputs)))
     if plain:

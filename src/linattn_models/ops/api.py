@@ -4,44 +4,26 @@ Layout [B, T, H, K] for q, k and gates, [B, T, H, V] for v; states [N, H, K, V] 
 log decays (<= 0). Every op returns (o, final_state) with final_state None unless output_final_state=True.
 Packed variable-length batches: B == 1 and cu_seqlens [N+1] (int) marks the N sequences.
 """
-import functools
 import math
 from typing import Optional, Tuple
 
 import torch
 
+from . import library
 from .dispatch import resolve_backend, triton_ops
-from .reference import compute_dtype, run_torch
+from .library import RECURRENT_MAX_T, compiling, retention_log_decays, torch_gla  # noqa: F401 (re-exported)
+from .library import log_decays as _log_decays
+from .reference import compute_dtype
 from .validate import check_inputs
 
-# Below this many tokens, mode="auto" runs the recurrent form (decoding, short prompts).
-RECURRENT_MAX_T = 32
 NORMALIZER_EPS = 1e-6
-
-
-def retention_log_decays(num_heads, device=None, dtype=torch.float32):
-    """RetNet's fixed per-head log decays: g_h = log(1 - 2^(-5-h)), h = 0..H-1 (computed in fp64, then cast)."""
-    h = torch.arange(num_heads, dtype=torch.float64, device=device)
-    return torch.log1p(-torch.exp2(-5.0 - h)).to(dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_log_decays(num_heads, device, dtype):
-    return retention_log_decays(num_heads, device, dtype)
-
-
-def _log_decays(num_heads, device, dtype):
-    """retention_log_decays, made once per (H, device, dtype): computing them is 6 tiny kernels per call, whose
-    host cost (~20-40 us each on the H100 host measured) showed in retention's fwd+bwd time at T <= 4K. Not
-    cached while a CUDA graph is being captured (the tensor would live in the graph's memory pool)."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return retention_log_decays(num_heads, device, dtype)
-    return _cached_log_decays(num_heads, device, dtype)
 
 
 def _resolve_scale(q, scale):
     """The float scale to use: K^-0.5 by default; must be finite."""
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if scale is None:  # finite (K > 0 is checked); under torch.compile with a dynamic K, a symbolic float
+        return q.shape[-1] ** -0.5
+    scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
@@ -49,18 +31,25 @@ def _resolve_scale(q, scale):
 
 def _run(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, backend,
          final_state_in_place=False, kernel_config=None):
-    """Dispatch one gated linear attention call. gate: "none" | "head" (g: [H]) | "scalar" | "vector"."""
+    """Dispatch one gated linear attention call. gate: "none" | "head" (g: [H]) | "scalar" | "vector".
+    Under torch.compile: the custom op linattn::gla (ops/library.py), which dispatches the same way inside."""
     scale = _resolve_scale(q, scale)
+    if compiling():
+        _refuse_kernel_config(kernel_config)
+        return library.call_gla(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode,
+                                backend)
     if mode == "auto":
         mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
     if resolve_backend(backend, q.device) == "triton":
         return triton_ops().run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode,
                                        in_place=final_state_in_place, overrides=kernel_config)
-    if gate == "head":
-        g = g.view(1, 1, -1).expand(q.shape[:3])
-    if initial_state is not None:  # a float32 state for float64 inputs: the recurrence runs in float64
-        initial_state = initial_state.to(compute_dtype(q))
-    return run_torch(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens, mode)
+    return torch_gla(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode)
+
+
+def _refuse_kernel_config(kernel_config):
+    if kernel_config is not None:
+        raise ValueError("kernel_config is not supported under torch.compile (the custom ops take no Triton "
+                         "overrides); call the op eagerly for sweeps")
 
 
 _COMMON_ARGS = """
@@ -126,7 +115,9 @@ def normalize_linear_attention(o, q, k, scale, z0=None, cu_seqlens=None, backend
     z_t of each row [B, H, K] (z0 when T == 0), or None when cu_seqlens is given)."""
     if z0 is not None and cu_seqlens is not None:
         raise ValueError("normalize_linear_attention: z0 cannot be combined with cu_seqlens")
-    if q.shape[1] and q.dtype != torch.float64 and resolve_backend(backend, q.device) == "triton":
+    # under torch.compile the torch form below (traced, fused by the compiler; the Triton normaliser is no custom op)
+    if (q.shape[1] and q.dtype != torch.float64 and not compiling()
+            and resolve_backend(backend, q.device) == "triton"):
         # one kernel walking each sequence (ops/triton/normalizer.py): no [B, T, H, K] cumsum kept
         den, zT = triton_ops().normalizer(q, k, z0, scale, cu_seqlens)
         o = (o.to(torch.float32) / (den[..., None] + NORMALIZER_EPS)).to(o.dtype)
@@ -167,8 +158,9 @@ def retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional
         >>> o, _ = retention(torch.randn(1, 64, 8, 32), torch.randn(1, 64, 8, 32), torch.randn(1, 64, 8, 64))
     """
     check_inputs(q, k, v, initial_state=initial_state, cu_seqlens=cu_seqlens, scale=scale, mode=mode)
-    # fp64 decays for fp64 inputs, so the reference is exact; the kernels take them as fp32.
-    g = _log_decays(q.shape[2], q.device, compute_dtype(q))
+    # fp64 decays for fp64 inputs, so the reference is exact; the kernels take them as fp32. Under torch.compile
+    # the custom op makes them inside (an lru_cache is not traced).
+    g = None if compiling() else _log_decays(q.shape[2], q.device, compute_dtype(q))
     return _run(q, k, v, g, "head", scale, initial_state, output_final_state, cu_seqlens, mode, backend,
                 final_state_in_place, kernel_config)
 

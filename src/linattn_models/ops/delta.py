@@ -12,19 +12,25 @@ from typing import Optional, Tuple
 
 import torch
 
-from .api import RECURRENT_MAX_T, _resolve_scale
+from . import library
+from .api import RECURRENT_MAX_T, _refuse_kernel_config, _resolve_scale
 from .delta_reference import l2norm, run_delta_torch
 from .dispatch import resolve_backend, triton_ops
+from .library import compiling
 from .validate import check_inputs
 
 
 def _run_delta(q, k, v, g, beta, use_qk_l2norm, scale, initial_state, output_final_state, cu_seqlens, mode,
                backend, final_state_in_place=False, kernel_config=None):
     scale = _resolve_scale(q, scale)
-    if mode == "auto":
-        mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
     if use_qk_l2norm:  # in torch, before the kernels: autograd carries the gradient through it (docs/math.md, 'Delta rule')
         q, k = l2norm(q), l2norm(k)
+    if compiling():  # torch.compile: the custom op linattn::delta (ops/library.py), dispatching the same way inside
+        _refuse_kernel_config(kernel_config)
+        return library.call_delta(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode,
+                                  backend)
+    if mode == "auto":
+        mode = "recurrent" if q.shape[1] <= RECURRENT_MAX_T else "chunk"
     if resolve_backend(backend, q.device) == "triton":
         return triton_ops().run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state,
                                              cu_seqlens, mode, in_place=final_state_in_place,

@@ -6,7 +6,8 @@ kernel per direction and keep only their inputs for the backward. Backend choice
 (ops/dispatch.py): `backend=None` follows LINATTN_BACKEND, else Triton for GPU tensors; float64 always takes
 the torch path (the float64 model runs are references, kept to torch's math). LINATTN_FUSED=0 sends these ops
 (not the attention ops) to torch whatever the backend: a switch for A/B comparisons and a way around a kernel
-that misbehaves on some device.
+that misbehaves on some device. Under torch.compile they take the torch path too: the compiler fuses those
+elementwise ops itself, and the Triton wrappers (autograd functions with host-side caches) are not traced.
 """
 import threading
 import weakref
@@ -21,6 +22,8 @@ from .validate import refuse_double_backward
 
 
 def _use_triton(x, backend):
+    if torch.compiler.is_compiling():
+        return False
     if backend is None and not env.flag("LINATTN_FUSED"):
         return False
     return x.dtype != torch.float64 and resolve_backend(backend, x.device) == "triton"
@@ -121,18 +124,13 @@ class _CrossEntropySum(torch.autograd.Function):
         want_grad = ctx.needs_input_grad[0]
         grad = torch.empty_like(logits) if want_grad else None
         total = torch.zeros((), dtype=compute_dtype(logits), device=logits.device)
-        rows = max(1, _CE_ROWS_ELEMENTS // max(V, 1))
-        for s in range(0, N, rows):
-            x = logits[s:s + rows].to(total.dtype, copy=True)  # a copy: the softmax is made in place below
-            t = target[s:s + rows]
-            keep = t != ignore_index
-            tt = torch.where(keep, t, 0)[:, None]
-            lse = torch.logsumexp(x, -1, keepdim=True)
-            total += ((lse - x.gather(1, tt)).squeeze(1) * keep).sum()
-            if want_grad:
-                p = x.sub_(lse).exp_()  # softmax, in place of the float32 block
-                p.scatter_add_(1, tt, -keep[:, None].to(p.dtype))
-                grad[s:s + rows] = p * keep[:, None]
+        if torch.compiler.is_compiling():  # one block: a loop over N / rows blocks would pin N (recompiles)
+            _ce_block(logits, target, ignore_index, total, grad)
+        else:
+            rows = max(1, _CE_ROWS_ELEMENTS // max(V, 1))
+            for s in range(0, N, rows):
+                _ce_block(logits[s:s + rows], target[s:s + rows], ignore_index, total,
+                          None if grad is None else grad[s:s + rows])
         ctx.save_for_backward(grad)
         return total
 
@@ -143,11 +141,26 @@ class _CrossEntropySum(torch.autograd.Function):
         (grad,) = ctx.saved_tensors
         # scaled in float32 block by block: casting dtotal (e.g. 1/tokens) to bf16 first would scale every
         # gradient by the same rounded factor (up to 0.4% off); a whole float32 copy would cost the memory saved
+        if torch.compiler.is_compiling():  # one block (see forward)
+            return grad.to(dtotal.dtype) * dtotal, None, None
         out = torch.empty_like(grad)
         rows = max(1, _CE_ROWS_ELEMENTS // max(grad.shape[1], 1))
         for s in range(0, grad.shape[0], rows):
             out[s:s + rows] = grad[s:s + rows].to(dtotal.dtype) * dtotal
         return out, None, None
+
+
+def _ce_block(logits, target, ignore_index, total, grad):
+    """Add one block of rows' losses to `total`; write their gradient into `grad` (a view) unless None."""
+    x = logits.to(total.dtype, copy=True)  # a copy: the softmax is made in place below
+    keep = target != ignore_index
+    tt = torch.where(keep, target, 0)[:, None]
+    lse = torch.logsumexp(x, -1, keepdim=True)
+    total += ((lse - x.gather(1, tt)).squeeze(1) * keep).sum()
+    if grad is not None:
+        p = x.sub_(lse).exp_()  # softmax, in place of the float32 block
+        p.scatter_add_(1, tt, -keep[:, None].to(p.dtype))
+        grad.copy_(p * keep[:, None])
 
 
 def cross_entropy_sum(logits, target, ignore_index=-100):

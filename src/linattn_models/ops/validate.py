@@ -1,7 +1,9 @@
 """Input checks for the public ops: every error names the argument and what was expected.
 
 Checks that need the tensor values (gates > 0, NaN/inf) force a host sync on a GPU, so they always run
-on CPU tensors and run on GPU tensors only when LINATTN_CHECK_VALUES=1 (see `values_checked`).
+on CPU tensors and run on GPU tensors only when LINATTN_CHECK_VALUES=1 (see `values_checked`). They never run
+while torch.compile traces (a data-dependent branch is a graph break); the shape, dtype and device checks,
+static under compile, always run.
 """
 import torch
 
@@ -15,7 +17,10 @@ ATTN_MODES = ("auto", "chunk", "recurrent")
 
 
 def values_checked(t: torch.Tensor) -> bool:
-    """Whether value checks (a host sync) run for this tensor."""
+    """Whether value checks (a host sync) run for this tensor: on CPU tensors and with LINATTN_CHECK_VALUES=1,
+    never while torch.compile traces (docs/compile.md)."""
+    if torch.compiler.is_compiling():
+        return False
     return t.device.type == "cpu" or env.flag("LINATTN_CHECK_VALUES")
 
 

@@ -301,7 +301,8 @@ class LinAttnModel(LinAttnPreTrainedModel):
         """Positions for rotary embeddings: explicit position_ids, else real tokens counted per row."""
         if position_ids is not None:
             pid = position_ids[:, -T:].to(device)
-            if padding is None and T > 1 and bool(((pid[:, 1:] == 0) & (pid[:, :-1] > 0)).any()):
+            if (padding is None and T > 1 and not torch.compiler.is_compiling()  # a data-dependent branch
+                    and bool(((pid[:, 1:] == 0) & (pid[:, :-1] > 0)).any())):
                 logger.warning_once("position_ids restart inside a row (packed sequences, e.g. "
                                     "DataCollatorWithFlattening): the recurrent state is NOT reset at those "
                                     "boundaries; pad the batch and pass attention_mask instead")
@@ -393,7 +394,8 @@ class LinAttnForCausalLM(LinAttnPreTrainedModel, GenerationMixin):
                 if lab is not None:
                     _check_labels(lab, source, given.shape, self.config.vocab_size, kwargs.get("ignore_index", -100),
                                   name)
-        if cache is not None and input_ids is not None and input_ids.is_cuda and ineligible(
+        if cache is not None and input_ids is not None and input_ids.is_cuda and not torch.compiler.is_compiling() \
+                and ineligible(
                 self, input_ids=input_ids, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
                 labels=labels, output_hidden_states=output_hidden_states, attention_mask=attention_mask,
                 position_ids=position_ids, logits_to_keep=logits_to_keep) is None:

@@ -18,7 +18,7 @@ Each kernel file ends with the host-side launch functions of its kernels (keywor
 The math: docs/math.md.
 """
 from . import alloc, fused  # noqa: F401
-from .attention import run_triton  # noqa: F401
-from .delta import run_delta_triton  # noqa: F401
+from .attention import gla_backward, run_triton  # noqa: F401
+from .delta import delta_backward, run_delta_triton  # noqa: F401
 from .launch import INTERPRET  # noqa: F401
 from .normalizer import normalizer  # noqa: F401

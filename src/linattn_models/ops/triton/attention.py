@@ -85,16 +85,24 @@ class _GatedLinearAttention(torch.autograd.Function):
     def backward(ctx, do, dht):
         refuse_double_backward("the linear-attention ops on the Triton backend", "use backend='torch' for them")
         q, k, v, g, h0, cu_seqlens, A = ctx.saved_tensors
-        c = Call(q, k, v, g, ctx.gate, ctx.scale, cu_seqlens, ctx.overrides)
-        if do is None:
-            do = torch.zeros_like(v)
-        dht = dht.contiguous() if dht is not None else None
-        dq, dk, dv, dg, dh0 = chunk_backward(c, do, dht, h0, h0 is not None and ctx.needs_input_grad[4], A)
-        # the kernels write every gradient in its input's dtype (the scalar gate's gate-gradient kernel casts dq, dk)
-        dq, dk, dv = dq.view(q.shape), dk.view(k.shape), dv.view(v.shape)
-        if dg is not None:
-            dg = dg.view(g.shape)
-        return dq, dk, dv, dg, dh0, None, None, None, None, None, None
+        grads = gla_backward(q, k, v, g, h0, cu_seqlens, ctx.gate, ctx.scale, do, dht,
+                             h0 is not None and ctx.needs_input_grad[4], A=A, overrides=ctx.overrides)
+        return grads + (None,) * 6
+
+
+def gla_backward(q, k, v, g, h0, cu_seqlens, gate, scale, do, dht, want_dh0, A=None, overrides=None):
+    """(dq, dk, dv, dg or None, dh0 or None) of a call's inputs (the autograd function's backward, and the
+    torch.compile custom op's: ops/library.py, which keeps no A, so the vector gate recomputes it)."""
+    c = Call(q, k, v, g, gate, scale, cu_seqlens, overrides)
+    if do is None:
+        do = torch.zeros_like(v)
+    dht = dht.contiguous() if dht is not None else None
+    dq, dk, dv, dg, dh0 = chunk_backward(c, do, dht, h0, want_dh0, A)
+    # the kernels write every gradient in its input's dtype (the scalar gate's gate-gradient kernel casts dq, dk)
+    dq, dk, dv = dq.view(q.shape), dk.view(k.shape), dv.view(v.shape)
+    if dg is not None:
+        dg = dg.view(g.shape)
+    return dq, dk, dv, dg, dh0
 
 
 def run_triton(q, k, v, g, gate, scale, initial_state, output_final_state, cu_seqlens, mode, in_place=False,

@@ -181,14 +181,21 @@ class _DeltaRule(torch.autograd.Function):
     def backward(ctx, do, dht):
         refuse_double_backward("the delta rule ops on the Triton backend", "use backend='torch' for them")
         q, k, v, g, beta, h0, cu_seqlens = ctx.saved_tensors
-        prob = _DeltaProblem(q, k, v, g, beta, ctx.scale, cu_seqlens, ctx.overrides)
-        if do is None:
-            do = torch.zeros_like(v)
-        dht = dht.contiguous() if dht is not None else None
-        dq, dk, dv, dbeta, dg, dh0 = prob.backward(do, dht, h0, h0 is not None and ctx.needs_input_grad[5],
-                                                   beta.dtype)
-        return (dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), None if dg is None else dg.view(g.shape),
-                dbeta.view(beta.shape), dh0, None, None, None, None, None)
+        grads = delta_backward(q, k, v, g, beta, h0, cu_seqlens, ctx.scale, do, dht,
+                               h0 is not None and ctx.needs_input_grad[5], ctx.overrides)
+        return grads + (None,) * 5
+
+
+def delta_backward(q, k, v, g, beta, h0, cu_seqlens, scale, do, dht, want_dh0, overrides=None):
+    """(dq, dk, dv, dg or None, dbeta, dh0 or None): the autograd function's backward, and the torch.compile
+    custom op's (ops/library.py)."""
+    prob = _DeltaProblem(q, k, v, g, beta, scale, cu_seqlens, overrides)
+    if do is None:
+        do = torch.zeros_like(v)
+    dht = dht.contiguous() if dht is not None else None
+    dq, dk, dv, dbeta, dg, dh0 = prob.backward(do, dht, h0, want_dh0, beta.dtype)
+    return (dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), None if dg is None else dg.view(g.shape),
+            dbeta.view(beta.shape), dh0)
 
 
 def run_delta_triton(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode, in_place=False,

@@ -16,15 +16,15 @@ rank holds more than its piece. The backward is autograd's through the three ste
 torch.distributed's (NCCL on GPUs, gloo on CPU).
 """
 import contextlib
-import contextvars
 
 import torch
 import torch.distributed as dist
 
 from . import api, delta
 
-# The process group the models split their sequences over, set by `split_sequence` (None: not split).
-_GROUP = contextvars.ContextVar("linattn_context_parallel_group", default=None)
+# The process group the models split their sequences over, set by `split_sequence` (None: not split). A plain
+# module global, not a ContextVar: torch.compile traces a global read (and guards on it), not ContextVar.get.
+_GROUP = None
 _WORLD = object()  # stands for the default group (None is "not split")
 
 
@@ -33,17 +33,19 @@ def split_sequence(group=None):
     """Inside it, the models treat their input as this rank's piece of one sequence split over `group` (default:
     the world) in rank order: the linear mixers run through `context_parallel`, short convs take the previous
     rank's last inputs, softmax-attention layers attend to the earlier ranks' keys, rotary positions continue
-    from the earlier pieces. Training and full forwards only (no cache, no padding mask)."""
-    token = _GROUP.set(_WORLD if group is None else group)
+    from the earlier pieces. Training and full forwards only (no cache, no padding mask). Process-wide (one
+    split at a time per process, as the ranks' collectives are anyway)."""
+    global _GROUP
+    before, _GROUP = _GROUP, (_WORLD if group is None else group)
     try:
         yield
     finally:
-        _GROUP.reset(token)
+        _GROUP = before
 
 
 def active_group():
     """(True, group) inside `split_sequence`, else (False, None)."""
-    g = _GROUP.get()
+    g = _GROUP
     return (False, None) if g is None else (True, None if g is _WORLD else g)
 
 

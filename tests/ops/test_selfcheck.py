@@ -25,7 +25,7 @@ def test_selfcheck_catches_a_broken_kernel(monkeypatch):
         o, s = real_delta(q, k, v, beta, g, scale, h0, out_state, cu, mode, chunk_size)
         return (o * 1.01 if q.dtype != torch.float64 else o), s
 
-    monkeypatch.setattr(ops.api, "run_torch", broken)
+    monkeypatch.setattr(ops.library, "run_torch", broken)  # the torch backend of every non-delta op (torch_gla)
     monkeypatch.setattr(ops.delta, "run_delta_torch", broken_delta)
     results = check.check("cpu", "torch", T=20, H=1, K=8, V=8, dtypes=[torch.float32], verbose=False)
     assert results and not any(ok for _, _, ok in results)

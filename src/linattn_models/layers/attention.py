@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..modules import RotaryEmbedding
-from ..ops.context_parallel import active_group, gather_sequence, piece_offset
+from ..ops.context_parallel import active_group, gather_sequence, piece_sizes
 from .common import TokenMixer
 
 
@@ -134,11 +134,12 @@ class SoftmaxAttention(TokenMixer):
         if padding is not None:
             raise ValueError("context parallel (split_sequence): padded batches are not supported")
         B, T, H, D = q.shape
-        offset = piece_offset(T, q.device, group)
+        sizes = piece_sizes(T, q.device, group)  # one exchange: this piece's offset and the gathers' lengths
+        offset = sum(sizes[:torch.distributed.get_rank(group)])
         if positions is None:
             positions = (torch.arange(T, device=q.device) + offset).expand(B, T)
         q, k = self._rotate(q, k, positions)
-        k, v = gather_sequence(k, group), gather_sequence(v, group)  # [B, S, H_kv, D], the whole sequence
+        k, v = gather_sequence(k, sizes, group), gather_sequence(v, sizes, group)  # [B, S, H_kv, D], all pieces
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         rows = offset + torch.arange(T, device=q.device)[:, None]
         cols = torch.arange(k.shape[2], device=q.device)[None, :]

@@ -49,22 +49,23 @@ def active_group():
     return (False, None) if g is None else (True, None if g is _WORLD else g)
 
 
-def piece_offset(T, device, group=None):
-    """The number of tokens on the ranks before this one (pieces may differ in length)."""
+def piece_sizes(T, device, group=None):
+    """Every rank's piece length, in rank order (pieces may differ in length)."""
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size(group))]
     dist.all_gather(sizes, torch.tensor([T], dtype=torch.long, device=device), group=group)
-    return int(sum(s.item() for s in sizes[:dist.get_rank(group)]))
+    return [int(s.item()) for s in sizes]
 
 
-def gather_sequence(x, group=None):
+def piece_offset(T, device, group=None):
+    """The number of tokens on the ranks before this one."""
+    return sum(piece_sizes(T, device, group)[:dist.get_rank(group)])
+
+
+def gather_sequence(x, sizes, group=None):
     """x [B, T_r, ...] of every rank, concatenated in rank order over dim 1 (autograd: the gradient of each piece
-    goes back to its rank). Pieces may differ in length. Every rank's graph reaches the gather (its backward is
-    a collective)."""
+    goes back to its rank); sizes: every rank's T_r (piece_sizes). Every rank's graph reaches the gather (its
+    backward is a collective)."""
     import torch.distributed.nn.functional as dnn
-    world = dist.get_world_size(group)
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([x.shape[1]], dtype=torch.long, device=x.device), group=group)
-    sizes = [int(s.item()) for s in sizes]
     pad = max(sizes) - x.shape[1]
     padded = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1) if pad else x
     parts = dnn.all_gather(padded.contiguous(), group=group)
@@ -82,8 +83,8 @@ def halo(x, width, group=None):
     rank = dist.get_rank(group)
     return tails[rank - 1] if rank else tails[0] * 0  # rank 0 too keeps a path to the gather, for its backward
 
-_ADDITIVE = {api.linear_attention: 0, api.retention: 0, api.simple_gla: 1, api.gated_linear_attention: 1}
-_DELTA = {delta.delta_rule: 1, delta.gated_delta_rule: 2}  # op -> how many positional gate/beta arguments
+_ADDITIVE = (api.linear_attention, api.retention, api.simple_gla, api.gated_linear_attention)  # diagonal transitions
+_DELTA = (delta.delta_rule, delta.gated_delta_rule)
 
 
 def context_parallel(op, q, k, v, *args, group=None, initial_state=None, output_final_state=False, **kwargs):

@@ -89,6 +89,8 @@ def section_correct(args, res):
     cases = [(gate, dt, T) for gate in ("delta_rule", "gated_delta_rule") for dt in ("bf16", "fp32")
              for T in (2048, 16384)] + [("kda", "bf16", 2048), ("kda", "fp32", 2048)]
     for gate, dt, T in cases:
+        if gate not in args.gates:
+            continue
         if time.time() - T0 > args.budget_s:
             print(f"budget: skipping correct {gate} {dt} T={T}", flush=True)
             continue
@@ -143,7 +145,7 @@ def sdpa(q, k, v, g, beta, h0):
 
 def section_speed(args, res):
     rows = res.setdefault("speed", [])
-    for gate in ("gated_delta_rule", "delta_rule"):
+    for gate in [g for g in ("gated_delta_rule", "delta_rule") if g in args.gates]:
         for T in (2048, 4096, 8192, 16384):
             if time.time() - T0 > args.budget_s:
                 print(f"budget: skipping speed {gate} T={T}", flush=True)
@@ -210,7 +212,11 @@ def main():
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--sections", default="correct,speed,first_call")
     ap.add_argument("--budget-s", type=float, default=400, help="start no new case after this many seconds")
+    ap.add_argument("--gates", default=",".join(GATES), help=f"comma-separated subset of {', '.join(GATES)}")
     args = ap.parse_args()
+    args.gates = args.gates.split(",")
+    if set(args.gates) - set(GATES):
+        ap.error(f"--gates {','.join(args.gates)}: pick from {', '.join(GATES)}")
     if not torch.cuda.is_available():
         sys.exit("check_delta_gpu.py needs a CUDA GPU")
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata as md
 import json
+import os
 import platform
 import sys
 
@@ -19,7 +20,6 @@ def machine(device):
         except md.PackageNotFoundError:
             return None
     card = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
-    import os
     return dict(card=card, device=device, cpu_cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 torch=torch.__version__, transformers=version("transformers"), triton=version("triton"),
                 cuda=torch.version.cuda, python=platform.python_version(), argv=sys.argv[1:],
@@ -27,8 +27,11 @@ def machine(device):
 
 
 def write_json(path, result):
-    # written after every run, so a run cut off by a time limit keeps what it measured
-    path.write_text(json.dumps(result, indent=1, default=str))
+    # written after every run, so a run cut off by a time limit keeps what it measured; through a temporary file,
+    # so that a process killed while writing leaves the previous version (scripts/quality.py --jobs reads it)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, path)
 
 
 def mqar_table(best):
@@ -69,19 +72,25 @@ def markdown(result):
            f"{result['seconds']:.0f} s in all.", ""]
     if result.get("skipped"):
         out += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()), ""]
+    if result.get("running"):
+        out += ["Still running when this was written: " + ", ".join(result["running"]), ""]
     if "mqar" in result:
         p = result["settings"]["mqar"]
         out += ["## MQAR: held-out test accuracy, best learning rate (chosen on a validation set) of "
                 f"{', '.join(f'{lr:g}' for lr in p['lrs'])}",
                 f"{p['layers']} layers, {p['steps']} steps of batch {p['batch']}, {p['eval_seqs']} held-out "
                 "sequences per shape", "", mqar_table(result["mqar"]["best"]), ""]
-    if "convergence" in result:
+    if result.get("convergence", {}).get("data"):  # no data: no process got as far as the corpus
         p, info = result["settings"]["convergence"], result["convergence"]["data"]
         out += [f"## Convergence on {info['corpus']} Python source (held-out files)",
                 f"d_model {p['d_model']}, {p['layers']} layers, {p['steps']} steps of {p['batch']} x {p['block']} "
                 f"tokens, lr {p['lr']:g}; {info['eval_blocks']} held-out blocks, the first of each of "
                 f"{info['eval_blocks']} held-out files",
                 "", convergence_table(result["convergence"]["runs"], info), ""]
+    jobs = result["settings"].get("jobs", 1)
+    if jobs > 1:
+        out += [f"tokens/s: measured with {jobs} processes sharing the device (`--jobs {jobs}`), so not clean "
+                "speed numbers.", ""]
     return "\n".join(out)
 
 

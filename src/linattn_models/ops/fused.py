@@ -122,15 +122,21 @@ class _CrossEntropySum(torch.autograd.Function):
     def forward(ctx, logits, target, ignore_index):
         N, V = logits.shape
         want_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(logits) if want_grad else None
-        total = torch.zeros((), dtype=compute_dtype(logits), device=logits.device)
-        if torch.compiler.is_compiling():  # one block: a loop over N / rows blocks would pin N (recompiles)
-            _ce_block(logits, target, ignore_index, total, grad)
+        dt = compute_dtype(logits)
+        if torch.compiler.is_compiling():
+            # One block, and no writes into a buffer made here: a loop over N / rows blocks would pin N
+            # (recompiles), and dynamo on torch 2.11 saved such a buffer for the backward as it was before the
+            # writes (every gradient zero; 2.13 traced it right).
+            total, grad = _ce_block(logits, target, ignore_index, dt, want_grad)
         else:
+            grad = torch.empty_like(logits) if want_grad else None
+            total = torch.zeros((), dtype=dt, device=logits.device)
             rows = max(1, _CE_ROWS_ELEMENTS // max(V, 1))
             for s in range(0, N, rows):
-                _ce_block(logits[s:s + rows], target[s:s + rows], ignore_index, total,
-                          None if grad is None else grad[s:s + rows])
+                part, part_grad = _ce_block(logits[s:s + rows], target[s:s + rows], ignore_index, dt, want_grad)
+                total += part
+                if want_grad:
+                    grad[s:s + rows] = part_grad
         ctx.save_for_backward(grad)
         return total
 
@@ -150,17 +156,18 @@ class _CrossEntropySum(torch.autograd.Function):
         return out, None, None
 
 
-def _ce_block(logits, target, ignore_index, total, grad):
-    """Add one block of rows' losses to `total`; write their gradient into `grad` (a view) unless None."""
-    x = logits.to(total.dtype, copy=True)  # a copy: the softmax is made in place below
+def _ce_block(logits, target, ignore_index, dtype, want_grad):
+    """(the summed loss of one block of rows in `dtype`, their gradient in the logits' dtype or None)."""
+    x = logits.to(dtype, copy=True)  # a copy: the softmax is made in place below
     keep = target != ignore_index
     tt = torch.where(keep, target, 0)[:, None]
     lse = torch.logsumexp(x, -1, keepdim=True)
-    total += ((lse - x.gather(1, tt)).squeeze(1) * keep).sum()
-    if grad is not None:
-        p = x.sub_(lse).exp_()  # softmax, in place of the float32 block
-        p.scatter_add_(1, tt, -keep[:, None].to(p.dtype))
-        grad.copy_(p * keep[:, None])
+    total = ((lse - x.gather(1, tt)).squeeze(1) * keep).sum()
+    if not want_grad:
+        return total, None
+    p = x.sub_(lse).exp_()  # softmax, in place of the float32 block
+    p.scatter_add_(1, tt, -keep[:, None].to(p.dtype))
+    return total, (p * keep[:, None]).to(logits.dtype)
 
 
 def cross_entropy_sum(logits, target, ignore_index=-100):

@@ -10,8 +10,8 @@ Each op dispatches inside to the backend `resolve_backend` picks, as the eager o
 - forward: the same function the eager op runs, so the outputs are identical;
 - backward (`linattn::gla_bwd` / `linattn::delta_bwd`, opaque too): on the Triton backend the kernels'
   backward (the vector gate's intra-chunk matrix A, kept by the eager forward, is recomputed); on the torch
-  backend the vjp of the reference forward (torch.func.vjp: the op runs below autograd, where a plain
-  autograd.grad would see no graph), which computes the gradients eager autograd computes.
+  backend autograd through the reference forward (`_vjp`: the op runs below autograd, so its dispatch keys are
+  let back in for it), which computes the gradients eager autograd computes.
 
 Optional inputs are `Tensor?`. A schema cannot return None, so a final state that was not asked for comes
 back as an empty tensor and the public op turns it into None; gradients of absent inputs likewise.
@@ -157,9 +157,23 @@ def _gla_bwd_fake(do, dht, q, k, v, g, initial_state, cu_seqlens, gate, scale, m
     return _empty(q), _empty(k), _empty(v), _grad_fake(q, g), _grad_fake(q, initial_state)
 
 
+_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
+                  torch._C.DispatchKey.AutogradNestedTensor, torch._C.DispatchKey.ADInplaceOrView)
+
+
 def _vjp(fwd, primals, do, dht):
-    _, pull = torch.func.vjp(fwd, *primals)
-    return pull((do, dht) if dht is not None else (do,))
+    """The gradients of fwd at primals for the cotangents (do, dht), by autograd on the reference forward.
+    A custom op's body runs with the autograd dispatch keys excluded, so they are let back in here (the rest of
+    the dispatch state is kept). torch.func.vjp, which did this before, fails on torch 2.11 when the compiled
+    graph's first call runs under aot's aliasing-check mode ("Cannot access storage of TensorWrapper")."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in _AUTOGRAD_KEYS:
+        exclude = exclude.remove(key)
+    with torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude), torch.enable_grad():
+        xs = [x.detach().requires_grad_() for x in primals]
+        outs = fwd(*xs)
+        cotangents = (do, dht) if dht is not None else (do,)
+        return torch.autograd.grad(outs, xs, cotangents, allow_unused=True)
 
 
 def _grad_out(q, grad, x):

@@ -121,7 +121,6 @@ def gla_bwd(do: torch.Tensor, dht: Optional[torch.Tensor], q: torch.Tensor, k: t
             gate: str, scale: float, mode: str, backend: Optional[str]
             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dg, dh0); dg / dh0 empty where g / initial_state are None (or g is the head gate's)."""
-    dg = dh0 = None
     if resolve_backend(backend, q.device) == "triton":
         gt = log_decays(q.shape[2], q.device, torch.float32) if gate == "head" else g
         h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
@@ -131,24 +130,10 @@ def gla_bwd(do: torch.Tensor, dht: Optional[torch.Tensor], q: torch.Tensor, k: t
             dh0 = dh0.to(initial_state.dtype)
     else:
         gconst = log_decays(q.shape[2], q.device, compute_dtype(q)) if gate == "head" else None
-        primals = [q, k, v]
-        if g is not None:
-            primals.append(g)
-        if initial_state is not None:
-            primals.append(initial_state)
 
-        def fwd(*xs):
-            gi = xs[3] if g is not None else gconst
-            h0 = xs[-1] if initial_state is not None else None
-            o, s = torch_gla(xs[0], xs[1], xs[2], gi, gate, scale, h0, dht is not None, cu_seqlens, mode)
-            return (o, s) if dht is not None else (o,)
-
-        grads = _vjp(fwd, primals, do, dht)
-        dq, dk, dv = grads[:3]
-        if g is not None:
-            dg = grads[3]
-        if initial_state is not None:
-            dh0 = grads[-1]
+        def run(q, k, v, gi, h0):
+            return torch_gla(q, k, v, gconst if g is None else gi, gate, scale, h0, dht is not None, cu_seqlens, mode)
+        dq, dk, dv, dg, dh0 = _reference_grads(run, (q, k, v), g, initial_state, do, dht)
     return _dense(dq, dk, dv, _grad_out(q, dg, g), _grad_out(q, dh0, initial_state))
 
 
@@ -159,6 +144,22 @@ def _gla_bwd_fake(do, dht, q, k, v, g, initial_state, cu_seqlens, gate, scale, m
 
 _AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
                   torch._C.DispatchKey.AutogradNestedTensor, torch._C.DispatchKey.ADInplaceOrView)
+
+
+def _reference_grads(run, inputs, g, initial_state, do, dht):
+    """The torch backend's backward: the gradients of `run(*inputs, g, initial_state) -> (o, final state)` for the
+    cotangents (do, dht; dht None: the final state was not asked for), as [*d(inputs), dg, dh0] with None for
+    an absent g / initial_state."""
+    optional = [x for x in (g, initial_state) if x is not None]
+    n = len(inputs)
+
+    def fwd(*xs):
+        rest = iter(xs[n:])
+        o, s = run(*xs[:n], next(rest) if g is not None else None, next(rest) if initial_state is not None else None)
+        return (o, s) if dht is not None else (o,)
+    grads = iter(_vjp(fwd, [*inputs, *optional], do, dht))
+    head = [next(grads) for _ in range(n)]
+    return head + [next(grads) if g is not None else None, next(grads) if initial_state is not None else None]
 
 
 def _vjp(fwd, primals, do, dht):
@@ -236,7 +237,6 @@ def delta_bwd(do: torch.Tensor, dht: Optional[torch.Tensor], q: torch.Tensor, k:
               cu_seqlens: Optional[torch.Tensor], scale: float, mode: str, backend: Optional[str]
               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv, dg, dbeta, dh0); dg / dh0 empty where g / initial_state are None."""
-    dg = dh0 = None
     if resolve_backend(backend, q.device) == "triton":
         h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
         dq, dk, dv, dg, dbeta, dh0 = triton_ops().delta_backward(q, k, v, g, beta, h0, cu_seqlens, scale, do, dht,
@@ -244,22 +244,10 @@ def delta_bwd(do: torch.Tensor, dht: Optional[torch.Tensor], q: torch.Tensor, k:
         if dh0 is not None:
             dh0 = dh0.to(initial_state.dtype)
     else:
-        primals = [q, k, v, beta] + ([g] if g is not None else []) + ([initial_state] if initial_state is not None
-                                                                        else [])
-
-        def fwd(*xs):
-            gi = xs[4] if g is not None else None
-            h0 = xs[-1] if initial_state is not None else None
-            o, s = run_delta_torch(xs[0], xs[1], xs[2], xs[3], gi, scale, h0, dht is not None, cu_seqlens,
+        def run(q, k, v, beta, gi, h0):
+            return run_delta_torch(q, k, v, beta, gi, scale, h0, dht is not None, cu_seqlens,
                                    resolve_mode(mode, q.shape[1]))
-            return (o, s) if dht is not None else (o,)
-
-        grads = _vjp(fwd, primals, do, dht)
-        dq, dk, dv, dbeta = grads[:4]
-        if g is not None:
-            dg = grads[4]
-        if initial_state is not None:
-            dh0 = grads[-1]
+        dq, dk, dv, dbeta, dg, dh0 = _reference_grads(run, (q, k, v, beta), g, initial_state, do, dht)
     return _dense(dq, dk, dv, _grad_out(q, dg, g), dbeta, _grad_out(q, dh0, initial_state))
 
 

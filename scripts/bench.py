@@ -15,7 +15,9 @@ Kinds of case:
           the first config's and its largest output difference from it (a wrong config shows there).
   models  training tokens/s and peak memory (AdamW, bf16 autocast, fp32 master weights, median step); the
           `compile` case: torch.compile(model, fullgraph=True) against eager, step ms, first compiled step (the
-          compile) and the two first steps' loss difference (docs/compile.md).
+          compile) and the two first steps' loss difference (docs/compile.md); then greedy generate with the
+          forward compiled against plain eager decode (graph step off): ms/token both ways, the first compiled
+          generate's seconds, and whether the tokens are the same.
   decode  greedy `generate`: per-token latency (median interval between decode steps) with the CUDA-graph decode
           step on and off, the decode step alone, and the checks that graphs change no token (greedy and beam).
 --set NAME=VALUE (JSON, else a string) overrides a parameter of the selected cases, --tiny runs each case's
@@ -24,6 +26,7 @@ Exit status 1 when a case raised or a check failed (the other cases still run).
 """
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -404,7 +407,8 @@ def train_case(p, ctx):
 def compile_case(p, ctx):
     """Per model: eager and torch.compile'd training step (median ms, same shapes), the first compiled step's
     seconds (tracing + compiling + one step), the loss difference of the two first steps (same weights, same
-    batch: two models built from one seed)."""
+    batch: two models built from one seed). Then decoding (compile_decode): greedy generate with the forward
+    compiled against plain eager decode."""
     rows = []
     for name in p["models"]:
         row = dict(model=name)
@@ -444,10 +448,55 @@ def compile_case(p, ctx):
             row["loss_diff"] = abs(row["loss_first"] - row["loss_first_compiled"])
         except Exception as e:  # noqa: BLE001  one model's failure must not hide the others
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        if p["decode_new"]:
+            try:
+                compile_decode(name, p, row)
+            except Exception as e:  # noqa: BLE001  a decode failure keeps the training numbers (and the others)
+                row["decode_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            if CUDA:
+                gc.collect()  # the compiled forward kept in the model's __dict__ is a cycle through the model
+                torch.cuda.empty_cache()
         log(f"  compile {json.dumps(row)}")
         rows.append(row)
         torch._dynamo.reset()
     return rows, []
+
+
+@torch.no_grad()
+def compile_decode(name, p, row):
+    """Greedy generate (use_cache) of one model in eval mode, bf16 weights on CUDA (fp32 on CPU) as in the decode
+    case: batch decode_B after a decode_prompt-token prompt, decode_new new tokens. Eager is plain eager decode,
+    the CUDA-graph decode step off (enable_decode_graph(False)); compiled is the same model with
+    model.forward = torch.compile(model.forward, fullgraph=True, dynamic=True, backend=...) and the graph step off
+    too (compile ignores it anyway). Adds decode_eager_ms / decode_compiled_ms (ms per token, ms_per_token: the
+    median interval between decode steps), decode_speedup, decode_compile_s (the first compiled generate: prefill
+    and one-token step traced and compiled, plus the decode itself) and decode_tokens ("equal" or where the
+    compiled greedy tokens first differ from the eager ones)."""
+    model, cfg = build_model(name, p["size"], dtype=torch.bfloat16 if CUDA else torch.float32)
+    model.eval()
+    model.generation_config.eos_token_id = None  # fixed length: no early stop
+    model.generation_config.pad_token_id = cfg.pad_token_id or 0
+    graphs = False if name.startswith("ours_") else None  # ours: the graph step off; others decode as they do
+    gen = torch.Generator().manual_seed(p["decode_prompt"] * 10 + p["decode_B"])
+    x = torch.randint(3, cfg.vocab_size, (p["decode_B"], p["decode_prompt"]), generator=gen).to(DEV)
+    kw = dict(max_new_tokens=p["decode_new"], use_cache=True)
+    eager = generate(model, x, graphs, **kw)[:, x.shape[1]:]
+    row["decode_eager_ms"] = ms_per_token(model, x, graphs, p["decode_new"], p["decode_repeats"])
+    torch._dynamo.reset()  # a first compile of the forward, not a cache hit left by the training step's
+    model.forward = torch.compile(model.forward, fullgraph=True, dynamic=True, backend=p["backend"])
+    sync()
+    t = time.perf_counter()
+    compiled = generate(model, x, graphs, **kw)[:, x.shape[1]:]
+    sync()
+    row["decode_compile_s"] = time.perf_counter() - t
+    row["decode_compiled_ms"] = ms_per_token(model, x, graphs, p["decode_new"], p["decode_repeats"])
+    row["decode_speedup"] = row["decode_eager_ms"] / row["decode_compiled_ms"]
+    if torch.equal(eager, compiled):
+        row["decode_tokens"] = "equal"
+    else:
+        diff = (eager != compiled).nonzero()
+        row["decode_tokens"] = f"DIFFER at step {int(diff[:, 1].min())}"
+    log(f"  compile decode {json.dumps({k: v for k, v in row.items() if k.startswith('decode')})}")
 
 
 # -------------------------------------------------------------------------------------------------------- decode
@@ -475,11 +524,13 @@ def generate(model, x, graphs, **kw):
     return model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, **kw)
 
 
-def ms_per_token(model, x, graphs, p):
+def ms_per_token(model, x, graphs, new_tokens, repeats):
+    """Per-token decode latency of greedy generate: the median interval between decode steps (step_clock) over
+    `repeats` calls of `new_tokens` each. The decode case and the compile case's decode columns both use it."""
     intervals = []
-    for _ in range(p["repeats"]):
+    for _ in range(repeats):
         clock = step_clock()
-        generate(model, x, graphs, max_new_tokens=p["new_tokens"], stopping_criteria=[clock])
+        generate(model, x, graphs, max_new_tokens=new_tokens, stopping_criteria=[clock])
         intervals += [b - a for a, b in zip(clock.t, clock.t[1:])]
     return statistics.median(intervals) * 1e3
 
@@ -550,7 +601,7 @@ def decode_case(p, ctx):
                         checks.append(dict(check=f"{name} P={P} B={B}: greedy tokens graph == eager", ok=ok,
                                            detail=detail))
                         for mode, graphs in (("graph", True), ("eager", False)):
-                            row[f"{mode}_ms"] = ms_per_token(model, x, graphs, p)
+                            row[f"{mode}_ms"] = ms_per_token(model, x, graphs, p["new_tokens"], p["repeats"])
                             row[f"{mode}_tok_s"] = B * 1e3 / row[f"{mode}_ms"]
                             row[f"{mode}_step_ms"] = step_ms(model, x, graphs, p["step_iters"])
                             captured = getattr(model.__dict__.get("_decode_graphs"), "graphs", None)
@@ -558,7 +609,7 @@ def decode_case(p, ctx):
                                 row["capture_s"] = max(c.capture_seconds for c in captured.values())
                         row["speedup"] = row["eager_ms"] / row["graph_ms"]
                     else:
-                        row["eager_ms"] = ms_per_token(model, x, None, p)
+                        row["eager_ms"] = ms_per_token(model, x, None, p["new_tokens"], p["repeats"])
                         row["eager_tok_s"] = B * 1e3 / row["eager_ms"]
                     base = next(r for r in rows + [row] if r.get("model") == name and r.get("B") == B)
                     mode = "graph" if ours else "eager"
@@ -627,10 +678,13 @@ CASES = {
                        steps=5, warmup=2, profile=False),
                   dict(models=["ours_gla", "llama"], size="tiny", B=2, T=64, steps=2, warmup=1)),
     "compile": Case("models", compile_case, "torch.compile(fullgraph) vs eager training step at 370M, B=4 T=4096, "
-                    "and the first compiled step (compile time), per architecture",
+                    "and the first compiled step (compile time), per architecture; greedy generate (B=8, 512-token "
+                    "prompt, 64 new) with the forward compiled vs eager: ms/token, compile s, same tokens",
                     dict(models=[f"ours_{a}" for a in ARCHS + ["deltanet", "gated_deltanet"]], size="370m", B=4,
-                         T=4096, steps=5, warmup=2, backend="inductor", fullgraph=True, dynamic=False),
-                    dict(models=["ours_gla"], size="tiny", B=2, T=48, steps=1, warmup=1, backend="eager")),
+                         T=4096, steps=5, warmup=2, backend="inductor", fullgraph=True, dynamic=False,
+                         decode_B=8, decode_prompt=512, decode_new=64, decode_repeats=3),
+                    dict(models=["ours_gla"], size="tiny", B=2, T=48, steps=1, warmup=1, backend="eager",
+                         decode_B=1, decode_prompt=8, decode_new=3, decode_repeats=1)),
     "decode": Case("decode", decode_case, "ours at 370M bf16: CUDA-graph vs eager decode, graph == eager tokens",
                    dict(models=[f"ours_{a}" for a in ARCHS], **DECODE), dict(models=["ours_gla"], **DECODE_TINY)),
     "decode_peers": Case("decode", decode_case, "fla RetNet / GLA and Llama (SDPA) through generate, same shapes",
@@ -653,7 +707,9 @@ COLUMNS = {
                ("step ms", "step_ms", ".1f"), ("peak GB", "peak_gb", ".1f"), ("loss first", "loss_first", ".3f"),
                ("loss last", "loss_last", ".3f"), ("eager ms", "eager_ms", ".1f"),
                ("compiled ms", "compiled_ms", ".1f"), ("speedup", "speedup", ".2f"), ("compile s", "compile_s", ".1f"),
-               ("loss diff", "loss_diff", ".1e")],
+               ("loss diff", "loss_diff", ".1e"), ("decode eager ms/tok", "decode_eager_ms", ".3f"),
+               ("decode compiled ms/tok", "decode_compiled_ms", ".3f"), ("decode speedup", "decode_speedup", ".2f"),
+               ("decode compile s", "decode_compile_s", ".1f"), ("decode tokens", "decode_tokens", "s")],
     "decode": [("model", "model", "s"), ("P", "P", "d"), ("B", "B", "d"), ("tokens", "tokens", "s"),
                ("graph ms/tok", "graph_ms", ".3f"), ("graph tok/s", "graph_tok_s", ".0f"),
                ("graph step ms", "graph_step_ms", ".3f"), ("eager ms/tok", "eager_ms", ".3f"),

@@ -77,4 +77,10 @@ def test_compile_case_tiny(bench):
     # the same weights and batch: bf16 autocast rounding at most (relative: the H200 run saw 1.02e-4 at a loss
     # of 10.5, where CPU runs stay below 1e-4)
     assert row["loss_diff"] < 1e-4 * max(1.0, abs(row["loss_first"]))
-    assert "compile s" in bench.table("models", rows)
+    # decoding through generate with the forward compiled vs plain eager (fp32 on CPU: the same tokens)
+    assert "decode_error" not in row, row
+    for key in ("decode_eager_ms", "decode_compiled_ms", "decode_compile_s", "decode_speedup"):
+        assert row[key] > 0, key
+    assert row["decode_tokens"] == "equal", row
+    text = bench.table("models", rows)
+    assert "compile s" in text and "decode compiled ms/tok" in text and "decode tokens" in text

@@ -104,6 +104,11 @@ def _run_group(t) -> None:
                    help="training budget in seconds: stop after it (then evaluate, save, plot as usual); the "
                    "cosine schedule follows max(step/max_steps, elapsed/max_time). 0 = none (default, except "
                    f"the built-in default job: {DEFAULT_JOB_MAX_TIME:.0f})")
+    t.add_argument("--context-parallel", type=int, default=1, metavar="N",
+                   help="split every training sequence across N consecutive ranks of a distributed launch "
+                   "(torchrun / accelerate launch): the world is WORLD_SIZE/N data-parallel groups of N ranks, each "
+                   "rank of a group training on its contiguous 1/N of the group's blocks. --block-size must divide "
+                   "by N; this package's models only, not with --activation-checkpointing. Default 1 (no split)")
     t.add_argument("--workers", type=int, default=0, help="dataloader workers")
     t.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (0 = auto: all cores, fewer when the machine is already busy, "
@@ -132,6 +137,7 @@ _RANGES = [
     ("--warmup-steps", lambda v: v >= 0, ">= 0"),
     ("--max-time", lambda v: v is None or v >= 0, ">= 0 seconds (0 = no time budget)"),
     ("--workers", lambda v: v >= 0, ">= 0"),
+    ("--context-parallel", lambda v: v >= 1, ">= 1 (1 = no split)"),
     ("--threads", lambda v: v >= 0, ">= 0 (0 = auto)"),
     ("--sample-tokens", lambda v: v >= 0, ">= 0 (0 = no sample)"),
 ]
@@ -167,6 +173,34 @@ def _check_values(args) -> None:
         raise UsageError("--overwrite and --resume exclude each other: --overwrite starts a new run in "
                          "--output-dir, --resume continues the one there")
     _check_report_to(args.report_to)
+    check_context_parallel(args)
+
+
+def check_context_parallel(args, world_size: int | None = None) -> None:
+    """--context-parallel N against the launch (WORLD_SIZE, default from the environment) and the other flags:
+    what ops.split_sequence cannot serve is refused here, before anything is loaded."""
+    import os
+
+    from linattn_models.cli import UsageError
+
+    n = args.context_parallel
+    if n == 1:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if world == 1:
+        raise UsageError(f"--context-parallel {n} needs a distributed launch of a multiple of {n} processes, e.g. "
+                         f"torchrun --nproc_per_node {n} scripts/train.py --context-parallel {n} ... (this is one "
+                         "process: WORLD_SIZE is unset or 1)")
+    if world % n:
+        raise UsageError(f"--context-parallel {n}: the launch has WORLD_SIZE={world} processes, not a multiple of "
+                         f"{n} (the world is divided into data-parallel groups of {n} consecutive ranks)")
+    if args.block_size % n:
+        raise UsageError(f"--context-parallel {n}: --block-size {args.block_size} does not divide by {n} (each rank "
+                         f"trains on a contiguous 1/{n} of every block)")
+    if args.activation_checkpointing:
+        # the recomputed forward runs in the backward, outside ops.split_sequence: it would not be split
+        raise UsageError(f"--context-parallel {n} and --activation-checkpointing exclude each other (the "
+                         "recomputed forward would run outside the sequence split)")
 
 
 def _check_report_to(report_to: str) -> None:
@@ -183,6 +217,17 @@ def _check_report_to(report_to: str) -> None:
         if available is not None and not available():
             raise UsageError(f"--report-to {name}: the {name} package is not installed (pip install {name}"
                              + (", or pip install -e '.[tensorboard]'" if name == "tensorboard" else "") + ")")
+
+
+def check_context_parallel_model(args, config) -> None:
+    """--context-parallel splits only this package's models (linattn_*: they read ops.split_sequence); any other
+    causal LM would take its piece for a whole sequence and train on wrong attention and positions."""
+    from linattn_models.cli import UsageError
+
+    model_type = getattr(config, "model_type", "")
+    if args.context_parallel > 1 and not model_type.startswith("linattn_"):
+        raise UsageError(f"--context-parallel {args.context_parallel}: the model type {model_type!r} does not "
+                         "split its sequence (only this package's linattn_* models do); drop --context-parallel")
 
 
 def _check_output_dir(out: Path) -> None:

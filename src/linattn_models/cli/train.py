@@ -9,7 +9,8 @@ An --output-dir that holds another run is refused unless --overwrite (its checkp
 previous-checkpoints/, never deleted) or --resume is given; the built-in default job replaces its own
 previous run. One process per output dir (train.lock); --resume skips checkpoints cut short by a kill.
 
-Multi-GPU / multi-node: run the same script under ``accelerate launch`` (see configs/accelerate/).
+Multi-GPU / multi-node: run the same script under ``accelerate launch`` (see configs/accelerate/) or torchrun;
+``--context-parallel N`` splits every block across N ranks (README: Multi-GPU and multi-node).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from linattn_models.cli import rundir  # noqa: E402
 from linattn_models.cli.args import (  # noqa: E402,F401
     ARCHS, DEFAULT_ARCH, DEFAULT_JOB_MAX_STEPS, DEFAULT_JOB_MAX_TIME, DEFAULT_JOB_SET, DEFAULT_SIZE, SIZES,
-    apply_default_job, validate_args)
+    apply_default_job, check_context_parallel_model, validate_args)
 from linattn_models.cli.args import build_parser as _build_parser  # noqa: E402
 from linattn_models.cli.data import training_blocks, unigram_baseline  # noqa: E402,F401
 from linattn_models.cli.model import (  # noqa: E402,F401
@@ -65,6 +66,7 @@ def _run(args, argv: list[str], stack: contextlib.ExitStack) -> dict:
     tokenizer = _load_tokenizer(args)
     default_job, overrides, max_time = apply_default_job(args, argv, job.say)
     config, cfg_src = load_config(args, overrides, tokenizer)
+    check_context_parallel_model(args, config)
     run_id, resume, apply_output_dir = _claim_output_dir(job, default_job, argv, stack)
     train_ds, eval_ds, baseline = training_blocks(args, train_files, eval_files, tokenizer, job.say)
     model, n_params = build_model(args, config, cfg_src, job.say)

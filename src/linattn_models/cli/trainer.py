@@ -98,7 +98,8 @@ class Throughput:
 def _make_trainer_class():
     """The Trainer subclass (made on first use: transformers is imported only then). It overrides public,
     documented methods only (evaluate, create_scheduler, log): callbacks cannot time an evaluation from its
-    start, replace the schedule, or add a field to a log before it is recorded and printed."""
+    start, replace the schedule, or add a field to a log before it is recorded and printed. With
+    --context-parallel it also overrides get_cp_size, get_train_dataloader and compute_loss (see below)."""
     from transformers import Trainer
 
     class LMTrainer(Trainer):
@@ -108,6 +109,76 @@ def _make_trainer_class():
         clock: TrainClock | None = None
         meter: Throughput | None = None
         min_lr_ratio: float = 0.1
+        cp_size: int = 1      # --context-parallel: ranks per sequence
+        cp_group = None       # this rank's group of cp_size consecutive ranks (torch.distributed)
+
+        # Context parallelism (--context-parallel N). The gradients: the Trainer's own DDP over the whole world,
+        # unchanged. Each rank's loss is the sum over its piece's tokens divided by the token count of every
+        # distinct batch of the step (num_items_in_batch, divided by N below: the N ranks of a group count the
+        # same batch), times WORLD_SIZE (the Trainer's average_tokens_across_devices scaling). DDP averages over
+        # WORLD_SIZE, so each parameter receives sum over all ranks of grad(piece sums) / count: over a group
+        # that sum is the gradient of the whole sequences' sum (split_sequence's collectives carry the
+        # cross-piece terms back to the rank that owns each piece), i.e. exactly the data-parallel gradient of
+        # the mean loss over the D = WORLD_SIZE/N groups' batches. No second all-reduce, no change to the
+        # optimizer, clipping or checkpoints, and the logged loss (the world mean of the ranks' losses) is the
+        # whole sequences' mean loss.
+
+        def get_cp_size(self):
+            return self.cp_size if self.cp_size > 1 else super().get_cp_size()
+
+        def get_train_dataloader(self):
+            """With context parallelism the batches are sharded over the data-parallel groups, not the ranks:
+            the N ranks of a group get the same batch (accelerate's sharding with D processes, this one being
+            number rank // N)."""
+            if self.cp_size == 1:
+                return super().get_train_dataloader()
+            from accelerate.data_loader import prepare_data_loader
+
+            acc, n = self.accelerator, self.cp_size
+
+            def prepare(loader):
+                shard = prepare_data_loader(
+                    loader, acc.device, num_processes=acc.num_processes // n, process_index=acc.process_index // n,
+                    split_batches=acc.split_batches, put_on_device=acc.device_placement,
+                    rng_types=acc.rng_types.copy(), dispatch_batches=acc.dispatch_batches,
+                    even_batches=acc.even_batches, use_seedable_sampler=acc.use_seedable_sampler,
+                    data_seed=acc.dataloader_config.data_seed, non_blocking=acc.non_blocking,
+                    use_stateful_dataloader=acc.use_stateful_dataloader)
+                acc._dataloaders.append(shard)  # as Accelerator.prepare does (its state is saved in checkpoints)
+                return shard
+
+            acc.prepare = prepare  # the base method's one call of it, for this loader only
+            try:
+                return super().get_train_dataloader()
+            finally:
+                del acc.prepare
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.cp_size == 1 or not model.training:  # evaluation: whole blocks, sharded over all ranks
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            from linattn_models.ops import split_sequence
+
+            with split_sequence(self.cp_group):
+                return super().compute_loss(model, self.sequence_piece(inputs), return_outputs, num_items_in_batch)
+
+        def sequence_piece(self, inputs):
+            """This rank's contiguous 1/N of every block: its input ids, its labels, and its shifted labels
+            (the label of the piece's last token is the next piece's first token; -100 after the block's end)."""
+            import torch.distributed as dist
+            import torch.nn.functional as F
+
+            extra = sorted(set(inputs) - {"input_ids", "labels"})
+            if extra:
+                raise ValueError(f"--context-parallel: the batches hold {', '.join(extra)}; a split sequence takes "
+                                 "input_ids and labels only (no attention mask, no position ids)")
+            ids, labels = inputs["input_ids"], inputs["labels"]
+            T = ids.shape[1]
+            if T % self.cp_size:
+                raise ValueError(f"--context-parallel {self.cp_size}: a batch of {T} tokens per row does not divide")
+            n = T // self.cp_size
+            a = dist.get_rank(self.cp_group) * n
+            shift = F.pad(labels[:, 1:], (0, 1), value=-100)
+            return {"input_ids": ids[:, a:a + n], "labels": labels[:, a:a + n], "shift_labels": shift[:, a:a + n]}
 
         def evaluate(self, *a, **kw):
             t = time.time()
@@ -245,7 +316,25 @@ def training_arguments(args, out_dir: Path, precision: str, accel: bool):
         report_to=args.report_to,
         disable_tqdm=False,
         **_checkpointing_kwargs(TrainingArguments, args.activation_checkpointing),
+        # --context-parallel's loss scaling rests on it (LMTrainer's comment); the default, said explicitly
+        **({"average_tokens_across_devices": True} if getattr(args, "context_parallel", 1) > 1 else {}),
     )
+
+
+def context_parallel_group(n: int):
+    """This rank's group of n consecutive ranks (every rank creates every group, as torch.distributed asks)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError(f"--context-parallel {n}: torch.distributed is not initialized (launch with torchrun or "
+                           "accelerate launch)")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = None
+    for start in range(0, world, n):
+        group = dist.new_group(list(range(start, start + n)))
+        if start <= rank < start + n:
+            mine = group
+    return mine
 
 
 def build_trainer(args, model, tokenizer, train_ds, eval_ds, *, max_time: float, out_dir: Path, run_id, say):
@@ -271,7 +360,10 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, *, max_time: float,
         processing_class=tokenizer,  # saved next to every checkpoint
         data_collator=default_data_collator,
     )
-    trainer.meter = Throughput(args.batch_size * args.grad_accum * targs.world_size * args.block_size)
+    cp = getattr(args, "context_parallel", 1)
+    if cp > 1:  # the N ranks of a group train on one batch
+        trainer.cp_size, trainer.cp_group = cp, context_parallel_group(cp)
+    trainer.meter = Throughput(args.batch_size * args.grad_accum * targs.world_size // cp * args.block_size)
     trainer.clock = TrainClock(max_time)
     trainer.min_lr_ratio = args.min_lr_ratio
     trainer.add_callback(_clock_callback(trainer.clock, trainer.meter))
@@ -279,6 +371,7 @@ def build_trainer(args, model, tokenizer, train_ds, eval_ds, *, max_time: float,
     say(f"training: {targs.max_steps if targs.max_steps > 0 else '-'} steps"
         f"{f' or {max_time:.0f}s' if max_time else ''}, global batch "
         f"{trainer.meter.tokens_per_step // args.block_size} x {args.block_size} tokens, {precision}, "
+        f"{f'context parallel {cp} (each rank {args.block_size // cp} tokens of every block), ' if cp > 1 else ''}"
         f"{'%s x%d' % (device, targs.world_size) if accel else 'cpu (%d threads; %.1f of %d CPUs busy at start)' % (torch.get_num_threads(), cpu_busy, os.cpu_count() or 1)}")
     if max_time:
         say(f"  (training ends after {max_time:.0f}s or {targs.max_steps} steps, whichever comes first: "

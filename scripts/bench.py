@@ -680,7 +680,7 @@ CASES = {
     "compile": Case("models", compile_case, "torch.compile(fullgraph) vs eager training step at 370M, B=4 T=4096, "
                     "and the first compiled step (compile time), per architecture; greedy generate (B=8, 512-token "
                     "prompt, 64 new) with the forward compiled vs eager: ms/token, compile s, same tokens",
-                    dict(models=[f"ours_{a}" for a in ARCHS + ["deltanet", "gated_deltanet"]], size="370m", B=4,
+                    dict(models=[f"ours_{a}" for a in ARCHS], size="370m", B=4,
                          T=4096, steps=5, warmup=2, backend="inductor", fullgraph=True, dynamic=False,
                          decode_B=8, decode_prompt=512, decode_new=64, decode_repeats=3),
                     dict(models=["ours_gla"], size="tiny", B=2, T=48, steps=1, warmup=1, backend="eager",

@@ -125,8 +125,8 @@ class _CrossEntropySum(torch.autograd.Function):
         dt = compute_dtype(logits)
         if torch.compiler.is_compiling():
             # One block, and no writes into a buffer made here: a loop over N / rows blocks would pin N
-            # (recompiles), and dynamo on torch 2.11 saved such a buffer for the backward as it was before the
-            # writes (every gradient zero; 2.13 traced it right).
+            # (recompiles), and with dynamo on torch 2.11 a buffer written here and saved for the backward gave
+            # every gradient zero (as if saved before the writes; 2.13 traced it right).
             total, grad = _ce_block(logits, target, ignore_index, dt, want_grad)
         else:
             grad = torch.empty_like(logits) if want_grad else None

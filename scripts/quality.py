@@ -153,8 +153,8 @@ def main(argv=None):
         _, best = quality.run_mqar(a.entries, a.settings["mqar"], a.device, log,
                                    on_run=lambda r: (runs.append(r), save()))
         result["mqar"]["best"] = best
-        save()
-        write_outputs(out, result)
+        if "convergence" in a.parts:  # MQAR's plot and tables now, in case the convergence part is cut short
+            write_outputs(out, result)
     if "convergence" in a.parts:
         log(f"== convergence on {a.device}: {json.dumps(a.settings['convergence'])}")
         runs = []
@@ -162,7 +162,7 @@ def main(argv=None):
         _, info = quality.run_convergence(a.entries, a.settings["convergence"], a.device, log,
                                           on_run=lambda r: (runs.append(r), save()))
         result["convergence"]["data"] = info
-        save()
+    result["seconds"] = time.perf_counter() - t0
     md = write_outputs(out, result)
     print(md, flush=True)
     log(f"wrote {out}/quality.json, quality.md and the PNGs ({result['seconds']:.0f} s)")

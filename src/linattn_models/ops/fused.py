@@ -128,6 +128,7 @@ class _CrossEntropySum(torch.autograd.Function):
             # (recompiles), and with dynamo on torch 2.11 a buffer written here and saved for the backward gave
             # every gradient zero (as if saved before the writes; 2.13 traced it right).
             total, grad = _ce_block(logits, target, ignore_index, dt, want_grad)
+            grad = None if grad is None else grad.to(logits.dtype)
         else:
             grad = torch.empty_like(logits) if want_grad else None
             total = torch.zeros((), dtype=dt, device=logits.device)
@@ -136,7 +137,7 @@ class _CrossEntropySum(torch.autograd.Function):
                 part, part_grad = _ce_block(logits[s:s + rows], target[s:s + rows], ignore_index, dt, want_grad)
                 total += part
                 if want_grad:
-                    grad[s:s + rows] = part_grad
+                    grad[s:s + rows] = part_grad  # cast into the logits' dtype as it is copied
         ctx.save_for_backward(grad)
         return total
 
@@ -157,7 +158,7 @@ class _CrossEntropySum(torch.autograd.Function):
 
 
 def _ce_block(logits, target, ignore_index, dtype, want_grad):
-    """(the summed loss of one block of rows in `dtype`, their gradient in the logits' dtype or None)."""
+    """(the summed loss of one block of rows in `dtype`, their gradient in `dtype` or None)."""
     x = logits.to(dtype, copy=True)  # a copy: the softmax is made in place below
     keep = target != ignore_index
     tt = torch.where(keep, target, 0)[:, None]
@@ -167,7 +168,7 @@ def _ce_block(logits, target, ignore_index, dtype, want_grad):
         return total, None
     p = x.sub_(lse).exp_()  # softmax, in place of the float32 block
     p.scatter_add_(1, tt, -keep[:, None].to(p.dtype))
-    return total, (p * keep[:, None]).to(logits.dtype)
+    return total, p * keep[:, None]
 
 
 def cross_entropy_sum(logits, target, ignore_index=-100):

@@ -198,11 +198,13 @@ def vector_A(c, *, b):
     return A
 
 
-def chunk_out(c, *, b, h, A):
-    """o [B·T, H, V] from the entering chunk states h (and the vector gate's A)."""
+def chunk_out(c, *, b, h, A, v=None):
+    """o [B·T, H, V] from the entering chunk states h (and the vector gate's A); v: c.v unless given (the delta
+    rule's V_new, [B·T, H, V] in the input dtype)."""
     cfg = c.cfg
     o = new((c.TT, c.H, c.V), c.dtype, c.device)
-    c.plan.queue(chunk_out_kernel, (cdiv(c.V, cfg["BV_out"]), c.NT, c.H), q=c.q, k=c.k, v=c.v, gb=b, gh=c.g_head,
+    c.plan.queue(chunk_out_kernel, (cdiv(c.V, cfg["BV_out"]), c.NT, c.H), q=c.q, k=c.k, v=c.v if v is None else v,
+                 gb=b, gh=c.g_head,
                  h=h, A=c.opt(A), o=o, scale=c.scale, H=c.H, K=c.K, V=c.V, BK=cfg["BK_out"], BV=cfg["BV_out"],
                  GATE=c.GATE, DOT_PREC=c.prec, **c.chunk_args(), **c.launch)
     return o

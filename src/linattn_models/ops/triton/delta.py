@@ -3,8 +3,9 @@ function. Kernels in delta_fwd.py and delta_bwd.py (the math: docs/math.md, 'Del
 vector (per key dimension, KDA-style: its pair products by gated linear attention's rebased sub-chunk kernels).
 
 Forward (chunk): b = chunk-local cumsum of g (common.local_cumsum_kernel) → W, U, N per chunk (delta_wy) →
-the state pass with the output (delta_state, WRITE_O). mode="recurrent": delta_recurrent, token by token.
-Backward (both modes): b, W, U, N and the state pass RECOMPUTED (STORE_STATES: S_0 per chunk and V_new, fp32), as
+the state pass (delta_state: S_0 per chunk and V_new, in the input dtype) → the output, parallel over chunks
+(chunk_fwd.chunk_out, gated linear attention's, with V_new for V). mode="recurrent": delta_recurrent.
+Backward (both modes): b, W, U, N and the state pass RECOMPUTED (S_0 per chunk and V_new in fp32), as
 for gated linear attention (attention.py says why: memory) → reverse state pass (dS_C per chunk, dV_new,
 dh0) → dv, dP̃, dÃ (delta_intra_bwd) → dq, dk and the K-block shares of dβ, dg (delta_qk_bwd) → dβ, dg
 (delta_finish_bwd). The state passes hold the whole key dim (K ≤ MAX_K) of a [K, BV] fp32 state tile.
@@ -18,6 +19,7 @@ from .alloc import cdiv, new, np2
 from .call import Call, check_float_inputs, empty_result, writes_in_place
 from .common import GATE_SCALAR, GATE_VECTOR, local_cumsum
 from .delta_bwd import launch_finish_bwd, launch_intra_bwd, launch_pair_bwd, launch_qk_bwd, launch_state_bwd
+from .chunk_fwd import chunk_out
 from .delta_fwd import launch_pair, launch_recurrent, launch_state, launch_wy
 
 MAX_K = 256  # the state passes keep all of K on chip
@@ -61,14 +63,14 @@ class _DeltaProblem:
     def _g(self, x):
         return x if x is not None else self.p.dummy
 
-    def pair(self, x, b, limit):
-        """Vector gate: the pair products ⟨x_i, k_j⟩ of each chunk [T, H, BT] (fp32); else a dummy."""
+    def pair(self, x, b, limit, scale=1.0):
+        """Vector gate: the pair products scale ⟨x_i, k_j⟩ of each chunk [T, H, BT] (fp32); else a dummy."""
         p = self.p
         if not self.vector:
             return p.dummy
         out = new((p.TT, p.H, p.cfg["BT"]), torch.float32, p.device)
-        launch_pair(p.plan.queue, x=x, k=p.k, gb=b, out=out, chunk_indices=p.chunk_indices, NT=p.NT, K=p.K,
-                    BC=p.cfg["BC"], BK=p.cfg["BK_A"], KP=np2(p.K), LIMIT=limit, DOT_PREC=p.prec,
+        launch_pair(p.plan.queue, x=x, k=p.k, gb=b, out=out, chunk_indices=p.chunk_indices, scale=scale, NT=p.NT,
+                    K=p.K, BC=p.cfg["BC"], BK=p.cfg["BK_A"], KP=np2(p.K), LIMIT=limit, DOT_PREC=p.prec,
                     **self.common_nogate, **p.launch)
         return out
 
@@ -83,18 +85,18 @@ class _DeltaProblem:
                   DOT_PREC=p.prec, **self.common, **p.launch)
         return n_buf, w, u
 
-    def state(self, b, pq, w, u, h0, want_final, write_o, store_states):
+    def state(self, b, w, u, h0, want_final, dtype):
+        """The state pass: (final state or None, h the states entering each chunk, vn = V_new), h and vn in
+        `dtype` (the input's for the forward's output kernel, fp32 for the backward)."""
         p, c = self.p, self.cfg
-        o = new((p.TT, p.H, p.V), p.dtype, p.device) if write_o else None
         ht = new((p.N, p.H, p.K, p.V), torch.float32, p.device) if want_final else None
-        h = new((p.NT, p.H, p.K, p.V), torch.float32, p.device) if store_states else None
-        vn = new((p.TT, p.H, p.V), torch.float32, p.device) if store_states else None
-        launch_state(p.plan.queue, q=p.q, k=p.k, w=w, u=u, gb=b, pq=pq, h0=self._g(h0), o=self._g(o), ht=self._g(ht),
-                     h=self._g(h), vn=self._g(vn), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=p.K,
-                     V=p.V, KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_H0=h0 is not None,
-                     STORE_FINAL=want_final, WRITE_O=write_o, STORE_STATES=store_states, DOT_PREC=p.prec,
-                     **self.common, **self.state_launch)
-        return o, ht, h, vn
+        h = new((p.NT, p.H, p.K, p.V), dtype, p.device)
+        vn = new((p.TT, p.H, p.V), dtype, p.device)
+        launch_state(p.plan.queue, k=p.k, w=w, u=u, gb=b, h0=self._g(h0), ht=self._g(ht), h=h, vn=vn,
+                     chunk_offsets=p.chunk_offsets, N=p.N, K=p.K, V=p.V, KP=c["KP_delta"], BV=c["BV_delta_state"],
+                     HAS_H0=h0 is not None, STORE_FINAL=want_final, DOT_PREC=p.prec, **self.common,
+                     **self.state_launch)
+        return ht, h, vn
 
     def forward(self, h0, want_final, mode, in_place=False):
         """in_place (recurrent mode): the final state is written into h0 (final_state_in_place)."""
@@ -109,8 +111,9 @@ class _DeltaProblem:
             p.plan.run()
             return o, ht
         b = local_cumsum(p)
-        n_buf, w, u = self.wy(b, self.pair(p.k, b, p.diag_limit_A))
-        o, ht, _, _ = self.state(b, self.pair(p.q, b, p.diag_limit_A), w, u, h0, want_final, True, False)
+        _, w, u = self.wy(b, self.pair(p.k, b, p.diag_limit_A))
+        ht, h, vn = self.state(b, w, u, h0, want_final, p.dtype)
+        o = chunk_out(p, b=b, h=h, A=self.pair(p.q, b, p.diag_limit_A, p.scale) if self.vector else None, v=vn)
         p.plan.run()
         return o, ht
 
@@ -122,7 +125,7 @@ class _DeltaProblem:
         b = local_cumsum(p)
         pk, pq = self.pair(p.k, b, p.diag_limit_A), self.pair(p.q, b, p.diag_limit_A)
         n_buf, w, u = self.wy(b, pk)
-        _, _, h, vn = self.state(b, pq, w, u, h0, False, False, True)
+        _, h, vn = self.state(b, w, u, h0, False, torch.float32)
         dh = new((NT, H, K, V), torch.float32, dev)
         dvn = new((TT, H, V), torch.float32, dev)
         dh0 = new((p.N, H, K, V), torch.float32, dev) if want_dh0 else None

@@ -3,12 +3,13 @@
 Per (sequence, head), chunks of BT rows, b the chunk-local cumulative log gate (scalar gate; b = 0 without one),
 Γ_ij = e^{b_i − b_j} (j ≤ i, else 0), s the scale, and row vectors as in docs/math.md:
 
-    delta_wy_kernel     A = strictly lower [β_i (K Kᵀ ⊙ Γ)_ij],   N = (I + A)^{-1}  (forward substitution, fp32)
+    delta_wy_kernel     A = strictly lower [β_i (K Kᵀ ⊙ Γ)_ij],   N = (I + A)^{-1}  (fp32, unit_lower_inverse)
                         W = N (β ⊙ K ⊙ e^b),   U = N (β ⊙ V)                      grid (chunks, H)
-    delta_state_kernel  per chunk in order, the state S [K, BV] (fp32) on chip:
-                        V_new = U − W S,   O = s [(Q ⊙ e^b) S + ((Q Kᵀ) ⊙ Γ) V_new]   (WRITE_O)
-                        S ← e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ V_new                 grid (V blocks, N·H)
-                        STORE_STATES (the backward's recomputation) keeps S entering each chunk and V_new.
+    delta_state_kernel  per chunk in order, the state S [K, BV] (fp32) on chip, stored entering each chunk:
+                        V_new = U − W S (stored),   S ← e^{b_C} S + (K ⊙ e^{b_C − b})ᵀ V_new
+                                                                                  grid (V blocks, N·H)
+    the output          O = s [(Q ⊙ e^b) S + ((Q Kᵀ) ⊙ Γ) V_new], parallel over chunks: gated linear attention's
+                        output kernel (chunk_fwd.chunk_out_kernel) with V_new for V (its O has this form).
     delta_recurrent_kernel   token by token: S ← e^{g_t} S; u = β_t (v_t − k_t S); S += k_tᵀ u; o_t = s q_t S
 
 Per-key-dimension gate (GATE_VECTOR, KDA-style): b is [BT, K]; the pair products ⟨k_i, k_j⟩ and ⟨q_i, k_j⟩
@@ -132,13 +133,14 @@ def launch_wy(queue, *, k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indic
 
 
 @triton.jit
-def delta_state_kernel(q, k, w, u, gb, pq, h0, o, ht, h, vn, cu_seqlens, chunk_offsets, scale, T, H: tl.constexpr,
-                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr,
-                       GATE: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, WRITE_O: tl.constexpr,
-                       STORE_STATES: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+def delta_state_kernel(k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T, H: tl.constexpr, K: tl.constexpr,
+                       V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
+                       HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, VARLEN: tl.constexpr,
+                       DOT_PREC: tl.constexpr):
     """The sequential pass of sequence i_n, head i_h, V block i_v; KP ≥ K (V_new needs all of W S).
-    o [T, H, V] (WRITE_O); ht [N, H, K, V] (STORE_FINAL); h [NT, H, K, V] the state entering each chunk and
-    vn [T, H, V] = V_new, both fp32 (STORE_STATES)."""
+    h [NT, H, K, V]: the state entering each chunk; vn [T, H, V]: V_new (both in their buffers' dtype: the
+    input's for the forward's output kernel, which rounds them to it anyway; fp32 for the backward);
+    ht [N, H, K, V] fp32 (STORE_FINAL)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, L_seq, c0 = seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, VARLEN)
@@ -147,46 +149,25 @@ def delta_state_kernel(q, k, w, u, gb, pq, h0, o, ht, h, vn, cu_seqlens, chunk_o
     rt = tl.arange(0, BT)
     m_kv = (rk[:, None] < K) & (rv[None, :] < V)
     o_kv = rk[:, None] * V + rv[None, :]
-    causal = rt[:, None] >= rt[None, :]
     S = tl.zeros([KP, BV], dtype=tl.float32)
     if HAS_H0:
         S += tl.load(h0 + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
     for c in range(tl.cdiv(L_seq, BT)):
         start = bos + c * BT
         L = tl.minimum(bos + L_seq - start, BT)
-        if STORE_STATES:
-            tl.store(h + ((c0 + c) * H + i_h) * K * V + o_kv, S, mask=m_kv)
+        tl.store(h + ((c0 + c) * H + i_h).to(tl.int64) * K * V + o_kv, S.to(h.dtype.element_ty), mask=m_kv)
         wt = load_tile(w, start, L, 0, H, K, i_h, BT, KP, False, 0.0).to(tl.float32)
         x = (load_tile(u, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
              - tl.dot(wt, S, input_precision=DOT_PREC))  # V_new; rows past L are 0
-        if STORE_STATES:
-            store_tile(vn, x, start, L, i_v * BV, H, V, i_h, BT, BV)
+        store_tile(vn, x, start, L, i_v * BV, H, V, i_h, BT, BV)
         kT = load_tile(k, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
         if GATE == _SCALAR:
             b = tl.load(gb + (start + rt) * H + i_h, mask=rt < L, other=0.0)
             b_C = tl.load(gb + (start + L - 1) * H + i_h)
-        elif GATE == _VECTOR:
-            b_C = tl.load(gb + ((start + L - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)  # [KP]
-        if WRITE_O:
-            qt = load_tile(q, start, L, 0, H, K, i_h, BT, KP, False, 0.0).to(tl.float32)
-            if GATE == _VECTOR:  # P: the pair products, gate inside (zero above the diagonal)
-                bq = load_tile(gb, start, L, 0, H, K, i_h, BT, KP, False, 0.0)
-                acc = tl.dot(qt * tl.exp(tl.minimum(bq, 0.0)), S, input_precision=DOT_PREC)
-                P = load_square(pq, start, L, i_h, H, BT, False)
-            else:
-                P = tl.dot(qt, kT, input_precision=DOT_PREC)
-                acc = tl.dot(qt, S, input_precision=DOT_PREC)
-                if GATE == _SCALAR:
-                    acc *= tl.exp(tl.minimum(b, 0.0))[:, None]
-                    P = tl.where(causal, P * tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0)), 0.0)
-                else:
-                    P = tl.where(causal, P, 0.0)
-            store_tile(o, (acc + tl.dot(P, x, input_precision=DOT_PREC)) * scale, start, L, i_v * BV, H, V, i_h,
-                       BT, BV)
-        if GATE == _SCALAR:
             kT = kT * tl.where(rt < L, tl.exp(tl.minimum(b_C - b, 0.0)), 0.0)[None, :]
             S *= tl.exp(b_C)
         elif GATE == _VECTOR:
+            b_C = tl.load(gb + ((start + L - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)  # [KP]
             bT = load_tile(gb, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]; kT is 0 past L
             kT = kT * tl.exp(tl.minimum(b_C[:, None] - bT, 0.0))
             S *= tl.exp(b_C)[:, None]
@@ -195,12 +176,12 @@ def delta_state_kernel(q, k, w, u, gb, pq, h0, o, ht, h, vn, cu_seqlens, chunk_o
         tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, S, mask=m_kv)
 
 
-def launch_state(queue, *, q, k, w, u, gb, pq, h0, o, ht, h, vn, cu_seqlens, chunk_offsets, scale, T, N, H, K, V, BT,
-                 KP, BV, GATE, HAS_H0, STORE_FINAL, WRITE_O, STORE_STATES, VARLEN, DOT_PREC, num_warps, num_stages):
-    queue(delta_state_kernel, (triton.cdiv(V, BV), N * H), q=q, k=k, w=w, u=u, gb=gb, pq=pq, h0=h0, o=o, ht=ht, h=h,
-          vn=vn, cu_seqlens=cu_seqlens, chunk_offsets=chunk_offsets, scale=scale, T=T, H=H, K=K, V=V, BT=BT, KP=KP,
-          BV=BV, GATE=GATE, HAS_H0=HAS_H0, STORE_FINAL=STORE_FINAL, WRITE_O=WRITE_O, STORE_STATES=STORE_STATES,
-          VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps, num_stages=num_stages)
+def launch_state(queue, *, k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T, N, H, K, V, BT, KP, BV, GATE,
+                 HAS_H0, STORE_FINAL, VARLEN, DOT_PREC, num_warps, num_stages):
+    queue(delta_state_kernel, (triton.cdiv(V, BV), N * H), k=k, w=w, u=u, gb=gb, h0=h0, ht=ht, h=h, vn=vn,
+          cu_seqlens=cu_seqlens, chunk_offsets=chunk_offsets, T=T, H=H, K=K, V=V, BT=BT, KP=KP, BV=BV, GATE=GATE,
+          HAS_H0=HAS_H0, STORE_FINAL=STORE_FINAL, VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps,
+          num_stages=num_stages)
 
 
 @triton.jit
@@ -245,11 +226,11 @@ def launch_recurrent(queue, *, q, k, v, beta, g, h0, o, ht, cu_seqlens, scale, T
           STORE_FINAL=STORE_FINAL, VARLEN=VARLEN, num_warps=num_warps)
 
 
-def launch_pair(queue, *, x, k, gb, out, cu_seqlens, chunk_indices, T, NT, H, K, BT, BC, BK, KP, LIMIT, VARLEN,
-                DOT_PREC, num_warps, num_stages):
-    """Per-key-dimension gate: out [T, H, BT] (fp32) = ⟨x_i, k_j⟩ = Σ_d x_id k_jd e^{b_id − b_jd} for j ≤ i, else 0,
-    by gated linear attention's rebased sub-chunk kernel (chunk_fwd.chunk_vector_A_kernel, scale 1):
-    x = k gives G (the delta rule's A / β), x = q gives P."""
+def launch_pair(queue, *, x, k, gb, out, cu_seqlens, chunk_indices, scale, T, NT, H, K, BT, BC, BK, KP, LIMIT,
+                VARLEN, DOT_PREC, num_warps, num_stages):
+    """Per-key-dimension gate: out [T, H, BT] (fp32) = scale ⟨x_i, k_j⟩ = scale Σ_d x_id k_jd e^{b_id − b_jd} for
+    j ≤ i, else 0, by gated linear attention's rebased sub-chunk kernel (chunk_fwd.chunk_vector_A_kernel):
+    x = k gives G (the delta rule's A / β), x = q gives P (the forward's output kernel takes s P)."""
     queue(chunk_vector_A_kernel, (BT // BC, NT, H), q=x, k=k, gb=gb, A=out, cu_seqlens=cu_seqlens,
-          chunk_indices=chunk_indices, scale=1.0, T=T, H=H, K=K, BT=BT, BC=BC, BK=BK, KP=KP, LIMIT=LIMIT,
+          chunk_indices=chunk_indices, scale=scale, T=T, H=H, K=K, BT=BT, BC=BC, BK=BK, KP=KP, LIMIT=LIMIT,
           VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps, num_stages=num_stages)

@@ -1,4 +1,4 @@
-"""The fused block kernels (ops/triton/fused.py: RMSNorm with optional gate, rotary, SwiGLU) on the test device
+"""The fused block kernels (ops/triton/fused.py: RMSNorm with optional gate, L2 norm, rotary, SwiGLU) on the test device
 (compiled on a GPU, Triton's interpreter on CPU), against the torch implementations of ops/fused.py in float64.
 
 Outputs and the gradients of a random loss (x, weight, gate / q, k / g, u) with fresh random inputs; row counts
@@ -81,6 +81,30 @@ def test_rms_norm_out_dtype_and_mixed_weight():
     ref = fused.rms_norm(x.double(), w.double(), 1e-6, backend="torch")
     assert rel(y, ref) < 1e-3
     assert torch.equal(y, fused.rms_norm(x, w, 1e-6, backend="torch").half())
+
+
+def l2_norm_fn(dtype):
+    k = kernel(dtype, "rms_norm")
+    if k is not None:
+        return lambda x: k(x, None, None, 1e-6, x.dtype, l2=True)
+    return lambda x: fused.l2_norm(x, backend="triton")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 37, 3, 48), (13, 128), (3, 5, 8)])
+def test_l2_norm(dtype, shape):
+    torch.manual_seed(shape[-1])
+    check(l2_norm_fn(dtype), lambda x: fused.l2_norm(x, backend="torch"), [torch.randn(shape) * 3], dtype, seed=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l2_norm_zero_and_tiny_rows(dtype):
+    """|x|² of 0 or about eps: eps keeps r finite (1/sqrt(eps) at 0: y = 0, dx = dy/sqrt(eps)), no NaN."""
+    torch.manual_seed(0)
+    x = torch.randn(20, 48)
+    x[::3] = 0
+    x[1::3] *= 1e-4
+    check(l2_norm_fn(dtype), lambda x: fused.l2_norm(x, backend="torch"), [x], dtype, seed=3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

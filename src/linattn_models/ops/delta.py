@@ -12,9 +12,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import library
+from . import fused, library
 from .api import RECURRENT_MAX_T, _refuse_kernel_config, _resolve_scale
-from .delta_reference import l2norm, run_delta_torch
+from .delta_reference import run_delta_torch
 from .dispatch import resolve_backend, triton_ops
 from .library import compiling
 from .validate import check_inputs
@@ -23,8 +23,8 @@ from .validate import check_inputs
 def _run_delta(q, k, v, g, beta, use_qk_l2norm, scale, initial_state, output_final_state, cu_seqlens, mode,
                backend, final_state_in_place=False, kernel_config=None):
     scale = _resolve_scale(q, scale)
-    if use_qk_l2norm:  # in torch, before the kernels: autograd carries the gradient through it (docs/math.md, 'Delta rule')
-        q, k = l2norm(q), l2norm(k)
+    if use_qk_l2norm:  # before the kernels, as its own op: autograd carries its gradient (docs/math.md, 'Delta rule')
+        q, k = fused.l2_norm(q, backend=backend), fused.l2_norm(k, backend=backend)
     if compiling():  # torch.compile: the custom op linattn::delta (ops/library.py), dispatching the same way inside
         _refuse_kernel_config(kernel_config)
         return library.call_delta(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, mode,

@@ -1,4 +1,4 @@
-"""Fused elementwise ops of the model blocks: RMSNorm (optionally swish-gated), rotary embedding, SwiGLU.
+"""Fused elementwise ops of the model blocks: RMSNorm (optionally swish-gated), the L2 norm, rotary embedding, SwiGLU.
 
 Each has a torch implementation (any device, any float dtype: the reference the Triton kernels are tested
 against) and, for GPU tensors of 16/32-bit floats, fused Triton kernels (ops/triton/fused.py) that run one
@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import env
+from . import delta_reference
+from .delta_reference import L2NORM_EPS
 from .dispatch import resolve_backend, triton_ops
 from .reference import compute_dtype
 from .validate import refuse_double_backward
@@ -50,6 +52,16 @@ def rms_norm(x, weight, eps, gate=None, out_dtype=None, backend=None):
     if gate is not None:
         y = y * F.silu(gate.to(dt))
     return y.to(out_dtype)
+
+
+def l2_norm(x, eps=L2NORM_EPS, backend=None):
+    """x · (Σx² + eps)^(-1/2) over the last dim (the delta rule's q, k), in float32 (float64 for float64), returned
+    in x's dtype. The Triton path is the RMSNorm kernels without the division by D: one kernel each way, where
+    torch's ops take ~5 forward (on an H200, ~0.76 ms of a 2.8 ms delta rule forward at B=4 T=4096 H=16 D=128 bf16).
+    The torch path is delta_reference.l2norm, the definition."""
+    if _use_triton(x, backend):
+        return triton_ops().fused.rms_norm(x, None, None, eps, x.dtype, l2=True)
+    return delta_reference.l2norm(x, eps)
 
 
 def rotary(q, k, positions, inv_freq, backend=None, share_key=None):

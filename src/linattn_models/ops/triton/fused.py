@@ -33,14 +33,15 @@ def _num_programs(device):
 
 # --- RMSNorm (optionally gated) -----------------------------------------------------------------------------------
 @triton.jit
-def _rms_norm_fwd_kernel(x, g, w, y, rstd, N, D, eps, BR: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr,
+def _rms_norm_fwd_kernel(x, g, w, y, rstd, N, D, div, eps, BR: tl.constexpr, BD: tl.constexpr, ACC: tl.constexpr,
                          HAS_W: tl.constexpr, HAS_G: tl.constexpr):
+    """r = 1/sqrt(Σx²/div + eps): div = D is RMSNorm, div = 1 the L2 norm (a runtime float: no compile of its own)."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BD)
     m = (rows[:, None] < N) & (cols[None, :] < D)
     off = rows[:, None].to(tl.int64) * D + cols[None, :]
     xf = tl.load(x + off, mask=m, other=0).to(ACC)
-    r = 1 / tl.sqrt(tl.sum(xf * xf, 1) / D + eps)
+    r = 1 / tl.sqrt(tl.sum(xf * xf, 1) / div + eps)
     out = xf * r[:, None]
     if HAS_W:
         out = out * tl.load(w + cols, mask=cols < D, other=0).to(ACC)[None, :]
@@ -52,10 +53,10 @@ def _rms_norm_fwd_kernel(x, g, w, y, rstd, N, D, eps, BR: tl.constexpr, BD: tl.c
 
 
 @triton.jit
-def _rms_norm_bwd_kernel(x, g, w, rstd, dy, dx, dg, dw, N, D, BR: tl.constexpr, BD: tl.constexpr,
+def _rms_norm_bwd_kernel(x, g, w, rstd, dy, dx, dg, dw, N, D, div, BR: tl.constexpr, BD: tl.constexpr,
                          ACC: tl.constexpr, HAS_W: tl.constexpr, HAS_G: tl.constexpr):
     """n = x·r, a = n·w, y = a·silu(g):  dg = dy·a·silu'(g), da = dy·silu(g), dw += Σ_rows da·n,
-    dx = r·(da·w − n·mean(da·w·n)). Each program walks row blocks pid, pid + P, ... and writes one dw row."""
+    dx = r·(da·w − n·Σ(da·w·n)/div). Each program walks row blocks pid, pid + P, ... and writes one dw row."""
     pid = tl.program_id(0)
     P = tl.num_programs(0)
     cols = tl.arange(0, BD)
@@ -80,7 +81,7 @@ def _rms_norm_bwd_kernel(x, g, w, rstd, dy, dx, dg, dw, N, D, BR: tl.constexpr, 
         if HAS_W:
             dw_acc += tl.sum(da * n, 0)
             da = da * wf[None, :]
-        dxf = r[:, None] * (da - n * (tl.sum(da * n, 1) / D)[:, None])
+        dxf = r[:, None] * (da - n * (tl.sum(da * n, 1) / div)[:, None])
         tl.store(dx + off, dxf.to(dx.dtype.element_ty), mask=m)
     if HAS_W:
         tl.store(dw + pid * D + cols, dw_acc, mask=cm)
@@ -88,8 +89,9 @@ def _rms_norm_bwd_kernel(x, g, w, rstd, dy, dx, dg, dw, N, D, BR: tl.constexpr, 
 
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, gate, eps, out_dtype):
+    def forward(ctx, x, weight, gate, eps, out_dtype, l2):
         D = x.shape[-1]
+        ctx.l2, ctx.div = l2, 1.0 if l2 else float(D)
         x2 = x.contiguous().view(-1, D)
         g2 = gate.contiguous().view(-1, D) if gate is not None else x2
         N = x2.shape[0]
@@ -97,7 +99,7 @@ class _RMSNorm(torch.autograd.Function):
         rstd = new((N,), torch.float64 if x.dtype == torch.float64 else torch.float32, x.device)
         w = weight if weight is not None else x2
         _rms_norm_fwd_kernel[(triton.cdiv(N, _ROWS),)](
-            x2, g2, w, y, rstd, N, D, eps, BR=_ROWS, BD=np2(D, 1), ACC=_acc(x.dtype),
+            x2, g2, w, y, rstd, N, D, ctx.div, eps, BR=_ROWS, BD=np2(D, 1), ACC=_acc(x.dtype),
             HAS_W=weight is not None, HAS_G=gate is not None)
         ctx.save_for_backward(x2, g2 if gate is not None else None, weight, rstd)
         ctx.shape, ctx.gate_dtype = x.shape, None if gate is None else gate.dtype
@@ -105,7 +107,7 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        refuse_double_backward("rms_norm (fused Triton kernel)", _FUSED_INSTEAD)
+        refuse_double_backward(f"{'l2' if ctx.l2 else 'rms'}_norm (fused Triton kernel)", _FUSED_INSTEAD)
         x2, g2, weight, rstd = ctx.saved_tensors
         N, D = x2.shape
         dy = dy.contiguous().view(N, D)
@@ -115,14 +117,15 @@ class _RMSNorm(torch.autograd.Function):
         dw = new((P, D), rstd.dtype, x2.device) if weight is not None else None
         _rms_norm_bwd_kernel[(P,)](
             x2, g2 if g2 is not None else x2, weight if weight is not None else x2, rstd, dy, dx,
-            dg if dg is not None else dx, dw if dw is not None else dx, N, D, BR=_ROWS, BD=np2(D, 1),
+            dg if dg is not None else dx, dw if dw is not None else dx, N, D, ctx.div, BR=_ROWS, BD=np2(D, 1),
             ACC=_acc(x2.dtype), HAS_W=weight is not None, HAS_G=g2 is not None)
         dweight = dw.sum(0).to(weight.dtype) if weight is not None else None
-        return (dx.view(ctx.shape), dweight, None if dg is None else dg.view(ctx.shape), None, None)
+        return (dx.view(ctx.shape), dweight, None if dg is None else dg.view(ctx.shape), None, None, None)
 
 
-def rms_norm(x, weight, gate, eps, out_dtype):
-    return _RMSNorm.apply(x, weight, gate, float(eps), out_dtype)
+def rms_norm(x, weight, gate, eps, out_dtype, l2=False):
+    """l2=True: x·(Σx² + eps)^(-1/2), the same kernels with the sum of squares not divided by D."""
+    return _RMSNorm.apply(x, weight, gate, float(eps), out_dtype, l2)
 
 
 # --- rotary embedding of q and k ----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ correct: forward, final state and every gradient (dq, dk, dv, dbeta, dg, dh0) of
     and its backward where it runs (fla 0.6.0 refuses it on Hopper with Triton < 3.7.1).
 speed: bf16, B=4, H=16, D=128, T 2K/4K/8K/16K, triton.testing.do_bench medians: ours fwd and fwd+bwd, fla's fwd
     (fwd+bwd where it runs), torch SDPA (flash, causal) fwd+bwd; ratios in the same run.
+profile: torch.profiler GPU time per kernel of one call (ours fwd and fwd+bwd, fla's fwd), bf16 B=4 H=16 D=128 at
+    --profile-T (default 4096): where the time goes; --configs: ours under each of several kernel_config dicts.
 first_call: ours gated_delta_rule fwd+bwd at B=4, T=4096, H=16, D=128 bf16 in a fresh process with an empty Triton
     cache (import, forward, backward seconds).
 Prints a table per section and writes check_delta_gpu.json to --out. Needs CUDA; fla is optional (carried wheels).
@@ -45,9 +47,11 @@ def inputs(gate, B, T, H, D, seed=0):
     return q, k, v, lg, beta, h0
 
 
-def ours(gate, backend="triton"):
+def ours(gate, backend="triton", kernel_config=None):
     def f(q, k, v, g, beta, h0):
         kw = dict(use_qk_l2norm=True, initial_state=h0, output_final_state=True, backend=backend)
+        if kernel_config:
+            kw["kernel_config"] = kernel_config
         if g is None:
             return ops.delta_rule(q, k, v, beta, **kw)
         return ops.gated_delta_rule(q, k, v, g, beta, **kw)
@@ -171,6 +175,51 @@ def section_speed(args, res):
             print(json.dumps(row), flush=True)
 
 
+def kernel_table(step, iters=10):
+    """[(kernel name, launches per call, GPU ms per call)] of step(), largest first, and the total GPU ms."""
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    ev = sorted((e for e in p.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA),
+                key=lambda e: -e.device_time_total)
+    rows = [[e.key[:60], e.count // iters, round(e.device_time_total / iters / 1e3, 4)] for e in ev]
+    return rows, round(sum(r[2] for r in rows), 4)
+
+
+def section_profile(args, res):
+    out = res.setdefault("profile", [])
+    for gate in [g for g in ("gated_delta_rule", "delta_rule") if g in args.gates]:
+        x = [None if t is None else t.bfloat16() for t in inputs(gate, 4, args.profile_T, 16, 128)]
+        x[5] = None
+        impls = [(f"ours {json.dumps(c)}" if c else "ours", ours(gate, kernel_config=c)) for c in args.configs]
+        impls += [("fla", fla(gate))] if args.fla and args.profile_fla and fla(gate) is not None else []
+        for name, fn in impls:
+            for backward in (False, True):
+                if name == "fla" and backward and gate == "gated_delta_rule":
+                    continue  # fla 0.6.0 refuses its gated backward on Hopper with Triton < 3.7.1
+                leaves = [None if t is None else t.detach().requires_grad_(backward) for t in x]
+                do = torch.randn_like(x[2])
+
+                def step():
+                    o = fn(*leaves)[0]
+                    if backward:
+                        o.backward(do)
+                try:
+                    rows, total = kernel_table(step)
+                except Exception as e:  # noqa: BLE001
+                    out.append(dict(op=gate, impl=name, backward=backward, error=repr(e)[:160]))
+                    continue
+                out.append(dict(op=gate, impl=name, backward=backward, T=args.profile_T, gpu_ms=total, kernels=rows))
+                print(f"profile {gate} {name} {'fwd+bwd' if backward else 'fwd'} T={args.profile_T}: {total} ms",
+                      flush=True)
+                for r in rows[:12]:
+                    print(f"    {r[2]:8.4f} ms  x{r[1]:<3d} {r[0]}", flush=True)
+
+
 FIRST = """
 import time, torch, sys
 t0 = time.time()
@@ -212,6 +261,10 @@ def main():
     ap.add_argument("--out", default="bench-results")
     ap.add_argument("--sections", default="correct,speed,first_call")
     ap.add_argument("--budget-s", type=float, default=400, help="start no new case after this many seconds")
+    ap.add_argument("--profile-T", type=int, default=4096)
+    ap.add_argument("--configs", type=json.loads, default=[{}],
+                    help="profile: a JSON list of kernel_config dicts for ours (e.g. '[{}, {\"BV_delta_state\": 32}]')")
+    ap.add_argument("--no-profile-fla", dest="profile_fla", action="store_false", help="profile: ours only")
     ap.add_argument("--gates", default=",".join(GATES), help=f"comma-separated subset of {', '.join(GATES)}")
     args = ap.parse_args()
     args.gates = args.gates.split(",")
@@ -232,7 +285,7 @@ def main():
     print(json.dumps(res["meta"]), flush=True)
     os.makedirs(args.out, exist_ok=True)
     for sec in args.sections.split(","):
-        {"correct": section_correct, "speed": section_speed, "first_call": section_first_call}[sec](args, res)
+        {"correct": section_correct, "speed": section_speed, "profile": section_profile, "first_call": section_first_call}[sec](args, res)
         with open(os.path.join(args.out, "check_delta_gpu.json"), "w") as fh:
             json.dump(res, fh, indent=1)
     bad = [r for r in res.get("correct", []) if r["impl"] == "ours" and (not r["finite"] or max(

@@ -17,10 +17,11 @@ Per-key-dimension gate (GATE_VECTOR, KDA-style): b is [BT, K]; the pair products
 (chunk_fwd.chunk_vector_A_kernel, stored [T, H, BT] fp32: `pk`, `pq`); the rest is elementwise per d:
 W = N (β ⊙ K ⊙ e^b), O = s [(Q ⊙ e^b) S + P V_new], S ← Diag(e^{b_C}) S + (K ⊙ e^{b_C − b})ᵀ V_new.
 
-N is formed in blocks of BS = 16 rows (unit_lower_inverse): the diagonal blocks' inverses D_m by forward
-substitution, all blocks at once, then the rest by four matmuls. (A row-by-row solve of the whole chunk took 63
-dependent steps on a [64, 64] tile: 1.38 of 2.83 ms of the forward on an H200, B=4 T=4K H=16 D=128 bf16.)
-|N_ij| ≤ β_i for |k| ≤ 1 (docs/math.md, 'Delta rule'), so its fp32 solve needs no pivoting.
+N is formed by recursive doubling (unit_lower_inverse): the inverse of the diagonal blocks of s rows gives that of
+2s rows by two matmuls, s = 1, 2, ..., BT/2: 10 [64, 64] products, no dependent row steps. (A row-by-row solve of
+the chunk, 63 dependent steps on a [64, 64] tile, took 1.38 of 2.83 ms of the forward on an H200 at B=4 T=4K H=16
+D=128 bf16; 16-row blocks by substitution then the rest by matmuls 0.54 ms; the doubling 0.37.) |N_ij| ≤ β_i
+for |k| ≤ 1 (docs/math.md, 'Delta rule'), and each step is the exact block inverse, so it needs no pivoting.
 Every exponent is ≤ 0 (b decreases inside a chunk; the clamps only guard masked rows). The products with N, W and
 S take fp32 operands (tf32 on a GPU unless fp32 inputs ask for ieee): V_new = U − W S is the state's prediction
 error, which cancels, so its operands are not rounded to the input dtype.
@@ -48,42 +49,20 @@ def load_square(ptr, start, L, i_h, H: tl.constexpr, BT: tl.constexpr, TRANS: tl
 
 
 @triton.jit
-def unit_lower_inverse(A, scratch, start, L, i_h, H: tl.constexpr, BT: tl.constexpr, DOT_PREC: tl.constexpr):
-    """N = (I + A)^{-1} for a chunk's strictly lower A [BT, BT] (fp32; rows past L are 0), in blocks of BS = 16.
-
-    With D the block diagonal of the diagonal blocks' inverses and M = D · (A below the diagonal blocks), which is
-    nilpotent (M^{BT/BS} = 0): N = (I + M)^{-1} D = (I − M)(I + M²)(I + M⁴)… D. Its terms are those of the blocked
-    substitution N_mn = −D_m Σ_j A_mj N_jn, so it is as accurate; only the BS-row diagonal blocks are solved row
-    by row (BS − 1 steps, every block at once as [BT/BS, BS, BS]). scratch: this chunk's rows of a [T, H, BT] fp32
-    buffer, through which A and D change layout (the caller overwrites it with N)."""
-    BS: tl.constexpr = 16
+def unit_lower_inverse(A, BT: tl.constexpr, DOT_PREC: tl.constexpr):
+    """N = (I + A)^{-1} for a chunk's strictly lower A [BT, BT] (fp32), by recursive doubling with matmuls only:
+    D_s, the inverse of the diagonal blocks of s rows, gives D_2s = D_s − D_s A_s D_s, A_s the lower-left s-block
+    inside each 2s-block (the exact inverse of [[L11, 0], [L21, L22]]); D_2 = I − A_1 needs no product."""
     rt = tl.arange(0, BT)
-    ptr = scratch + ((start + rt[:, None]) * H + i_h) * BT + rt[None, :]
-    tl.store(ptr, A, mask=rt[:, None] < L)
-    tl.debug_barrier()  # the stores above are read below by other threads of this program
-    rb = tl.arange(0, BT // BS)[:, None, None]
-    ri = tl.arange(0, BS)[None, :, None]
-    rj = tl.arange(0, BS)[None, None, :]
-    p3 = scratch + ((start + rb * BS + ri) * H + i_h) * BT + rb * BS + rj
-    A3 = tl.load(p3, mask=rb * BS + ri < L, other=0.0)  # the diagonal blocks, [BT/BS, BS, BS]
-    D3 = tl.where(ri == rj, 1.0, 0.0) + tl.zeros([BT // BS, BS, BS], dtype=tl.float32)
-    for i in range(1, BS):  # row i of every block: e_i − Σ_{j<i} A_ij D_j (rows j < i are final)
-        a_i = tl.sum(tl.where(ri == i, A3, 0.0), axis=1)  # [blocks, j]
-        D3 = tl.where(ri == i, D3 - tl.sum(a_i[:, :, None] * D3, axis=1)[:, None, :], D3)
-    tl.debug_barrier()  # every thread has read A's diagonal blocks before they are overwritten
-    tl.store(p3, D3, mask=rb * BS + ri < L)
-    tl.debug_barrier()
-    same = rt[:, None] // BS == rt[None, :] // BS
-    D = tl.load(ptr, mask=(rt[:, None] < L) & same, other=0.0)  # block diagonal [BT, BT]
-    M = tl.dot(D, tl.where(same, 0.0, A), input_precision=DOT_PREC)
-    eye = tl.where(rt[:, None] == rt[None, :], 1.0, 0.0)
-    X = eye - M
-    for s in tl.static_range(1, 4):  # the factors (I + M^(2^s)) while 2^s < BT/BS (BT ≤ 128)
-        if (1 << s) * BS < BT:
-            M = tl.dot(M, M, input_precision=DOT_PREC)
-            X += tl.dot(X, M, input_precision=DOT_PREC)
-    N = tl.dot(X, D, input_precision=DOT_PREC)
-    tl.debug_barrier()  # D is read by every thread before the caller stores N over it
+    lower = rt[:, None] > rt[None, :]
+    N = tl.where(rt[:, None] == rt[None, :], 1.0, 0.0) - tl.where((rt[:, None] // 2 == rt[None, :] // 2) & lower, A,
+                                                                  0.0)
+    for lvl in tl.static_range(1, 7):  # s = 2, 4, ... while s < BT (BT ≤ 128)
+        if (1 << lvl) < BT:
+            blk = rt[:, None] // (2 << lvl) == rt[None, :] // (2 << lvl)
+            half = rt[:, None] // (1 << lvl) > rt[None, :] // (1 << lvl)
+            N -= tl.dot(N, tl.dot(tl.where(blk & half, A, 0.0), N, input_precision=DOT_PREC),
+                        input_precision=DOT_PREC)
     return N
 
 
@@ -102,8 +81,8 @@ def delta_wy_kernel(k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, 
     else:
         G = tl.zeros([BT, BT], dtype=tl.float32)
         for i_k in range(tl.cdiv(K, BK)):
-            kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-            kT = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0).to(tl.float32)
+            kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)  # input dtype: the products of
+            kT = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # 16-bit floats are exact in fp32
             G += tl.dot(kt, kT, input_precision=DOT_PREC)
     if GATE == _SCALAR:
         b = tl.load(gb + (start + rt) * H + i_h, mask=valid, other=0.0)
@@ -112,7 +91,7 @@ def delta_wy_kernel(k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, 
     else:
         rw = bet
     A = tl.where(rt[:, None] > rt[None, :], G * bet[:, None], 0.0)
-    N = unit_lower_inverse(A, n_out, start, L, i_h, H, BT, DOT_PREC)
+    N = unit_lower_inverse(A, BT, DOT_PREC)
     tl.store(n_out + ((start + rt[:, None]) * H + i_h) * BT + rt[None, :], N, mask=valid[:, None])
     for i_k in range(tl.cdiv(K, BK)):
         kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)

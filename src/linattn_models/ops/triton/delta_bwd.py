@@ -77,8 +77,9 @@ def delta_state_bwd_kernel(q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, c
         start = bos + c * BT
         L = tl.minimum(bos + L_seq - start, BT)
         tl.store(dh + ((c0 + c) * H + i_h) * K * V + o_kv, dS, mask=m_kv)
-        kt = load_tile(k, start, L, 0, H, K, i_h, BT, KP, False, 0.0).to(tl.float32)  # [BT, KP]
-        qT = load_tile(q, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
+        k_in = load_tile(k, start, L, 0, H, K, i_h, BT, KP, False, 0.0)  # [BT, KP], input dtype
+        q_in = load_tile(q, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]
+        kt, qT = k_in.to(tl.float32), q_in.to(tl.float32)
         dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
         if GATE == _VECTOR:
             Pt = load_square(pq, start, L, i_h, H, BT, True)  # Pt[j, i] = P_ij, the gate inside
@@ -89,7 +90,7 @@ def delta_state_bwd_kernel(q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, c
             decay = tl.exp(b_C)[:, None]
         else:
             b, b_C = _chunk_gate(gb, start, L, i_h, H, BT, GATE)
-            Pt = tl.dot(kt, qT, input_precision=DOT_PREC)  # Pt[j, i] = k_j · q_i
+            Pt = tl.dot(k_in, q_in, input_precision=DOT_PREC)  # Pt[j, i] = k_j · q_i (16-bit products are exact)
             Pt = tl.where(causal_t, Pt * tl.exp(tl.minimum(b[None, :] - b[:, None], 0.0)), 0.0)
             kc = kt * tl.where(rt < L, tl.exp(tl.minimum(b_C - b, 0.0)), 0.0)[:, None]
             qT = qT * tl.exp(tl.minimum(b, 0.0))[None, :]
@@ -198,7 +199,8 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
                         input_precision=DOT_PREC)
     bet = tl.load(beta + (start + rt) * H + i_h, mask=valid, other=0.0).to(tl.float32)
     qt = load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
-    kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
+    k_in = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
+    kt = k_in.to(tl.float32)
     Nt = load_square(n_buf, start, L, i_h, H, BT, True)
     dRW = -tl.dot(Nt, acc_w, input_precision=DOT_PREC)
     row = i_k * TT * H + (start + rt) * H + i_h
@@ -219,7 +221,7 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
     else:
         b, b_C = _chunk_gate(gb, start, L, i_h, H, BT, GATE)
         eb = tl.exp(tl.minimum(b, 0.0))
-        kT = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0).to(tl.float32)
+        kT = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # input dtype, for K Kᵀ (exact)
         dPg = load_square(dpg, start, L, i_h, H, BT, False)
         dPgT = load_square(dpg, start, L, i_h, H, BT, True)
         dAg = load_square(dag, start, L, i_h, H, BT, False)
@@ -231,7 +233,7 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
                + acc_kw + tl.dot(dPgT, qt, input_precision=DOT_PREC)
                + tl.dot(dAgT * bet[None, :], kt, input_precision=DOT_PREC))
         db = (tl.sum(dRW * kt * eb[:, None], axis=1)
-              + tl.sum(dAg * tl.dot(kt, kT, input_precision=DOT_PREC), axis=1))
+              + tl.sum(dAg * tl.dot(k_in, kT, input_precision=DOT_PREC), axis=1))
         if GATE == _SCALAR:
             tl.store(part_q + row, tl.sum(qt * dq_, axis=1), mask=valid)
             tl.store(term + (i_k * NT + i_t) * H + i_h, t_end)

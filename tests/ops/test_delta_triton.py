@@ -163,7 +163,7 @@ def test_poison_is_on():
 def test_small_blocks():
     """16-wide K and V tiles: several V blocks in the state passes and several K blocks in the dq/dk kernel (the
     K-block shares of dbeta and dg summed by the last kernel), on odd dims."""
-    small = {key: 16 for key in ("BK_delta", "BV_delta", "BV_delta_state", "BV_delta_rec")}
+    small = {key: 16 for key in ("BK_delta", "BV_delta", "BV_delta_bwd", "BV_delta_state", "BV_delta_rec")}
     check(*delta_inputs("scalar", 1, 70, 2, 40, 36, strength=2.0), kernel_config=small)
     check(*delta_inputs("none", 1, 20, 2, 40, 36), mode="recurrent", kernel_config=small)
 
@@ -189,3 +189,23 @@ def test_deterministic():
     a = grads(*x, mode="chunk", backend="triton")
     b = grads(*x, mode="chunk", backend="triton")
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("gate", GATES)
+def test_saved_inverse_equals_recomputed(gate):
+    """The autograd function keeps the forward's N for the backward; the torch.compile op's backward recomputes
+    it (delta_backward without n_buf): the same gradients, bit for bit."""
+    x = [None if t is None else t.float().to(DEVICE) for t in delta_inputs(gate, 1, 70, 2, 16, 16)]
+    q, k, v, g, beta, h0 = x
+    do, dht = torch.randn_like(v), torch.randn_like(h0)
+    leaves = [None if t is None else t.clone().requires_grad_(True) for t in x]
+    kw = dict(initial_state=leaves[5], output_final_state=True, backend="triton")
+    if g is None:
+        o, s = ops.delta_rule(leaves[0], leaves[1], leaves[2], leaves[4], **kw)
+    else:
+        o, s = ops.gated_delta_rule(*leaves[:5], **kw)
+    ((o * do).sum() + (s * dht).sum()).backward()
+    ref = triton_ops().delta_backward(q, k, v, g, beta, h0, None, q.shape[-1] ** -0.5, do, dht, True)
+    for name, leaf, r in zip(("dq", "dk", "dv", "dg", "dbeta", "dh0"), leaves, ref):
+        if leaf is not None:
+            assert torch.equal(leaf.grad, r), name

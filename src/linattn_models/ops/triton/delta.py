@@ -36,12 +36,14 @@ def _default_delta_config(K, V, smem):
     and take 8 warps for K > 128. The forward pass prefetches the next chunks' W, U, K tiles (software-pipelined,
     stages_delta_state) as far as `smem` (shared memory per block) holds them; on an H200 (B=4 T=4K H=16 D=128
     bf16) it took 0.35 ms at 1 stage, 0.22 at 2, 0.20 at 3. The reverse pass stays at 1 (2 made it slower, 0.89
-    → 1.13 ms). Keys may be overridden through the ops' kernel_config=, as gated linear attention's."""
+    → 1.13 ms). BV_delta_bwd: V tile of the backward's per-chunk kernels (there: 32 took 0.81 + 0.33 ms, 64 took
+    1.18 + 0.36 for delta_qk_bwd + delta_intra_bwd; the forward's W, U kernel keeps 64). Keys may be overridden through the ops' kernel_config=, as gated linear attention's."""
     KP = np2(K)
     BV = min(TILE if KP <= WIDE_K else STATE_TILE_WIDE_K, np2(V))
     stage = 64 * (KP * 4 + BV * 4 + KP * 2)  # one chunk's W (fp32), U (fp32) and K (≤ 16-bit) tiles, BT = 64
     stages = next((n for n in (3, 2) if n * stage + 32 * 1024 <= smem), 1)
-    return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, np2(V)), KP_delta=KP, BV_delta_state=BV,
+    return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, np2(V)), BV_delta_bwd=min(32, np2(V)), KP_delta=KP,
+                BV_delta_state=BV,
                 BV_delta_rec=min(np2(V), max(16, 8192 // KP)),
                 warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=stages, stages_delta_state_bwd=1)
 
@@ -80,15 +82,18 @@ class _DeltaProblem:
                     **self.common_nogate, **p.launch)
         return out
 
-    def wy(self, b, pk):
+    def wy(self, b, pk, dtype, n_buf=None):
+        """(N [T, H, BT] fp32, W, U in `dtype`): the input's for the forward's state pass (as its h and V_new; one
+        rounding more of its prediction U − W S), fp32 for the backward. n_buf: N as the forward stored it."""
         p, c = self.p, self.cfg
-        BT = p.cfg["BT"]
-        n_buf = new((p.TT, p.H, BT), torch.float32, p.device)
-        w = new((p.TT, p.H, p.K), torch.float32, p.device)
-        u = new((p.TT, p.H, p.V), torch.float32, p.device)
+        has_n = n_buf is not None
+        if not has_n:
+            n_buf = new((p.TT, p.H, p.cfg["BT"]), torch.float32, p.device)
+        w = new((p.TT, p.H, p.K), dtype, p.device)
+        u = new((p.TT, p.H, p.V), dtype, p.device)
         launch_wy(p.plan.queue, k=p.k, v=p.v, beta=self.beta, gb=b, pk=pk, n_out=n_buf, w=w, u=u,
                   chunk_indices=p.chunk_indices, NT=p.NT, K=p.K, V=p.V, BK=c["BK_delta"], BV=c["BV_delta"],
-                  DOT_PREC=p.prec, **self.common, **p.launch)
+                  DOT_PREC=p.prec, HAS_N=has_n, **self.common, **p.launch)
         return n_buf, w, u
 
     def state(self, b, w, u, h0, want_final, dtype):
@@ -117,20 +122,21 @@ class _DeltaProblem:
             p.plan.run()
             return o, ht
         b = local_cumsum(p)
-        _, w, u = self.wy(b, self.pair(p.k, b, p.diag_limit_A))
+        n_buf, w, u = self.wy(b, self.pair(p.k, b, p.diag_limit_A), p.dtype)
         ht, h, vn = self.state(b, w, u, h0, want_final, p.dtype)
         o = chunk_out(p, b=b, h=h, A=self.pair(p.q, b, p.diag_limit_A, p.scale) if self.vector else None, v=vn)
         p.plan.run()
+        self.n_buf = n_buf  # kept by the autograd function: the backward skips the inverse
         return o, ht
 
-    def backward(self, do, dht, h0, want_dh0, beta_dtype):
+    def backward(self, do, dht, h0, want_dh0, beta_dtype, n_buf=None):
         p, c = self.p, self.cfg
         TT, H, K, V, NT, BT = p.TT, p.H, p.K, p.V, p.NT, p.cfg["BT"]
         dev = p.device
         do = do.to(p.dtype).contiguous().view(TT, H, V)
         b = local_cumsum(p)
         pk, pq = self.pair(p.k, b, p.diag_limit_A), self.pair(p.q, b, p.diag_limit_A)
-        n_buf, w, u = self.wy(b, pk)
+        n_buf, w, u = self.wy(b, pk, torch.float32, n_buf)
         _, h, vn = self.state(b, w, u, h0, False, torch.float32)
         dh = new((NT, H, K, V), torch.float32, dev)
         dvn = new((TT, H, V), torch.float32, dev)
@@ -146,7 +152,7 @@ class _DeltaProblem:
         dgv = new((TT, H), torch.float32, dev)
         launch_intra_bwd(p.plan.queue, v=p.v, do=do, beta=self.beta, gb=b, pk=pk, n_buf=n_buf, vn=vn, dvn=dvn, dv=dv,
                          dpg=dpg, dag=dag, dbeta_v=dbeta_v, dgv=dgv, chunk_indices=p.chunk_indices, scale=p.scale,
-                         NT=NT, V=V, BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+                         NT=NT, V=V, BV=c["BV_delta_bwd"], DOT_PREC=p.prec, **self.common, **p.launch)
         ia_q = ia_k = ib_q = ib_k = dgk = p.dummy
         if self.vector:  # dP ⋆ K, dP ⋆ᵀ Q and D ⋆ K, D ⋆ᵀ K with the per-dimension pair factor
             ia_q, ia_k, ib_q, ib_k = (new((TT, H, K), torch.float32, dev) for _ in range(4))
@@ -168,7 +174,7 @@ class _DeltaProblem:
                       dpg=dpg, dag=dag, ia_q=ia_q, ia_k=ia_k, ib_q=ib_q, ib_k=ib_k, dq=dq, dk=dk, dgk=dgk,
                       part_beta=part_beta, part_q=part_q, term=term,
                       chunk_indices=p.chunk_indices, scale=p.scale, TT=TT, NT=NT, K=K, V=V, BK=BK,
-                      BV=c["BV_delta"], DOT_PREC=p.prec, **self.common, **p.launch)
+                      BV=c["BV_delta_bwd"], DOT_PREC=p.prec, **self.common, **p.launch)
         dbeta = new((TT, H), beta_dtype, dev)
         dg = new(p.g.shape, p.g.dtype, dev) if scalar else (dgk if self.vector else None)
         launch_finish_bwd(p.plan.queue, dbeta_v=dbeta_v, dgv=dgv, part_beta=part_beta, part_q=part_q, term=term,
@@ -181,28 +187,31 @@ class _DeltaProblem:
 class _DeltaRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, beta, h0, scale, cu_seqlens, mode, output_final_state, overrides):
-        o, ht = _DeltaProblem(q, k, v, g, beta, scale, cu_seqlens, overrides).forward(h0, output_final_state, mode)
-        ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens)
+        prob = _DeltaProblem(q, k, v, g, beta, scale, cu_seqlens, overrides)
+        o, ht = prob.forward(h0, output_final_state, mode)
+        # N (fp32, [T, H, BT]: q's size for 16-bit q at K = 128) is kept: its inverse is most of the W, U
+        # recomputation; the rest (W, U, the state pass) is recomputed, as gated linear attention's states.
+        ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, getattr(prob, "n_buf", None))
         ctx.scale, ctx.overrides = scale, overrides
         return o.view(v.shape), ht
 
     @staticmethod
     def backward(ctx, do, dht):
         refuse_double_backward("the delta rule ops on the Triton backend", "use backend='torch' for them")
-        q, k, v, g, beta, h0, cu_seqlens = ctx.saved_tensors
+        q, k, v, g, beta, h0, cu_seqlens, n_buf = ctx.saved_tensors
         grads = delta_backward(q, k, v, g, beta, h0, cu_seqlens, ctx.scale, do, dht,
-                               h0 is not None and ctx.needs_input_grad[5], ctx.overrides)
+                               h0 is not None and ctx.needs_input_grad[5], ctx.overrides, n_buf)
         return grads + (None,) * 5
 
 
-def delta_backward(q, k, v, g, beta, h0, cu_seqlens, scale, do, dht, want_dh0, overrides=None):
+def delta_backward(q, k, v, g, beta, h0, cu_seqlens, scale, do, dht, want_dh0, overrides=None, n_buf=None):
     """(dq, dk, dv, dg or None, dbeta, dh0 or None): the autograd function's backward, and the torch.compile
-    custom op's (ops/library.py)."""
+    custom op's (ops/library.py). n_buf: the forward's N, if it kept it (else recomputed)."""
     prob = _DeltaProblem(q, k, v, g, beta, scale, cu_seqlens, overrides)
     if do is None:
         do = torch.zeros_like(v)
     dht = dht.contiguous() if dht is not None else None
-    dq, dk, dv, dbeta, dg, dh0 = prob.backward(do, dht, h0, want_dh0, beta.dtype)
+    dq, dk, dv, dbeta, dg, dh0 = prob.backward(do, dht, h0, want_dh0, beta.dtype, n_buf)
     return (dq.view(q.shape), dk.view(k.shape), dv.view(v.shape), None if dg is None else dg.view(g.shape),
             dbeta.view(beta.shape), dh0)
 

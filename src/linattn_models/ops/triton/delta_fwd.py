@@ -69,30 +69,34 @@ def unit_lower_inverse(A, BT: tl.constexpr, DOT_PREC: tl.constexpr):
 @triton.jit
 def delta_wy_kernel(k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, T, H: tl.constexpr, K: tl.constexpr,
                     V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
-                    VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """N [T, H, BT] (fp32, row i of the chunk's N), W [T, H, K], U [T, H, V] for chunk i_t, head i_h."""
+                    VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HAS_N: tl.constexpr):
+    """N [T, H, BT] (fp32, row i of the chunk's N; read instead when HAS_N), W [T, H, K], U [T, H, V] (in their
+    buffers' dtypes) for chunk i_t, head i_h."""
     i_t, i_h = tl.program_id(0), tl.program_id(1)
     _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
     rt = tl.arange(0, BT)
     valid = rt < L
     bet = tl.load(beta + (start + rt) * H + i_h, mask=valid, other=0.0).to(tl.float32)
-    if GATE == _VECTOR:
-        G = load_square(pk, start, L, i_h, H, BT, False)  # ⟨k_i, k_j⟩, the gate inside
-    else:
-        G = tl.zeros([BT, BT], dtype=tl.float32)
-        for i_k in range(tl.cdiv(K, BK)):
-            kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)  # input dtype: the products of
-            kT = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # 16-bit floats are exact in fp32
-            G += tl.dot(kt, kT, input_precision=DOT_PREC)
     if GATE == _SCALAR:
         b = tl.load(gb + (start + rt) * H + i_h, mask=valid, other=0.0)
-        G *= tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0))
         rw = bet * tl.exp(tl.minimum(b, 0.0))  # R_W = β ⊙ K ⊙ e^b, by row
     else:
         rw = bet
-    A = tl.where(rt[:, None] > rt[None, :], G * bet[:, None], 0.0)
-    N = unit_lower_inverse(A, BT, DOT_PREC)
-    tl.store(n_out + ((start + rt[:, None]) * H + i_h) * BT + rt[None, :], N, mask=valid[:, None])
+    if HAS_N:  # the backward: N as the forward stored it
+        N = load_square(n_out, start, L, i_h, H, BT, False)
+    else:
+        if GATE == _VECTOR:
+            G = load_square(pk, start, L, i_h, H, BT, False)  # ⟨k_i, k_j⟩, the gate inside
+        else:
+            G = tl.zeros([BT, BT], dtype=tl.float32)
+            for i_k in range(tl.cdiv(K, BK)):
+                kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)  # input dtype: products of
+                kT = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, True, 0.0)  # 16-bit floats are exact
+                G += tl.dot(kt, kT, input_precision=DOT_PREC)
+            if GATE == _SCALAR:
+                G *= tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0))
+        N = unit_lower_inverse(tl.where(rt[:, None] > rt[None, :], G * bet[:, None], 0.0), BT, DOT_PREC)
+        tl.store(n_out + ((start + rt[:, None]) * H + i_h) * BT + rt[None, :], N, mask=valid[:, None])
     for i_k in range(tl.cdiv(K, BK)):
         kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
         if GATE == _VECTOR:
@@ -105,10 +109,10 @@ def delta_wy_kernel(k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, 
 
 
 def launch_wy(queue, *, k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, T, NT, H, K, V, BT, BK, BV, GATE,
-              VARLEN, DOT_PREC, num_warps, num_stages):
+              VARLEN, DOT_PREC, HAS_N, num_warps, num_stages):
     queue(delta_wy_kernel, (NT, H), k=k, v=v, beta=beta, gb=gb, pk=pk, n_out=n_out, w=w, u=u, cu_seqlens=cu_seqlens,
           chunk_indices=chunk_indices, T=T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=GATE, VARLEN=VARLEN,
-          DOT_PREC=DOT_PREC, num_warps=num_warps, num_stages=num_stages)
+          DOT_PREC=DOT_PREC, HAS_N=HAS_N, num_warps=num_warps, num_stages=num_stages)
 
 
 @triton.jit

@@ -5,9 +5,10 @@ vector (per key dimension, KDA-style: its pair products by gated linear attentio
 Forward (chunk): b = chunk-local cumsum of g (common.local_cumsum_kernel) → W, U, N per chunk (delta_wy) →
 the state pass (delta_state: S_0 per chunk and V_new, in the input dtype) → the output, parallel over chunks
 (chunk_fwd.chunk_out, gated linear attention's, with V_new for V). mode="recurrent": delta_recurrent.
-Backward (both modes): b, W, U, N and the state pass RECOMPUTED (S_0 per chunk and V_new in fp32), as
-for gated linear attention (attention.py says why: memory) → reverse state pass (dS_C per chunk, dV_new,
-dh0) → dv, dP̃, dÃ (delta_intra_bwd) → dq, dk and the K-block shares of dβ, dg (delta_qk_bwd) → dβ, dg
+Backward (both modes): b, W, U and the state pass RECOMPUTED (S_0 per chunk and V_new in fp32; N is kept from a
+chunked forward), as for gated linear attention (attention.py says why: memory) → s Pᵀ dO per chunk
+(delta_dvn_local) → reverse state pass (dS_C per chunk, dV_new, dh0) → dv, dP̃, dÃ (delta_intra_bwd) → dq, dk and
+the K-block shares of dβ, dg (delta_qk_bwd) → dβ, dg
 (delta_finish_bwd). The state passes hold the whole key dim (K ≤ MAX_K) of a [K, BV] fp32 state tile.
 """
 import functools
@@ -19,7 +20,8 @@ from .alloc import cdiv, new, np2
 from .call import Call, check_float_inputs, empty_result, writes_in_place
 from .chunk_fwd import chunk_out
 from .common import GATE_SCALAR, GATE_VECTOR, local_cumsum
-from .delta_bwd import launch_finish_bwd, launch_intra_bwd, launch_pair_bwd, launch_qk_bwd, launch_state_bwd
+from .delta_bwd import (launch_dvn_local, launch_finish_bwd, launch_intra_bwd, launch_pair_bwd, launch_qk_bwd,
+                        launch_state_bwd)
 from .delta_fwd import launch_pair, launch_recurrent, launch_state, launch_wy
 from .launch import shared_mem
 
@@ -141,7 +143,10 @@ class _DeltaProblem:
         dh = new((NT, H, K, V), torch.float32, dev)
         dvn = new((TT, H, V), torch.float32, dev)
         dh0 = new((p.N, H, K, V), torch.float32, dev) if want_dh0 else None
-        launch_state_bwd(p.plan.queue, q=p.q, k=p.k, w=w, do=do, gb=b, pq=pq, dht=self._g(dht), dh=dh, dvn=dvn,
+        launch_dvn_local(p.plan.queue, q=p.q, k=p.k, do=do, gb=b, pq=pq, dvn=dvn, chunk_indices=p.chunk_indices,
+                         scale=p.scale, NT=NT, K=K, V=V, KP=c["KP_delta"], BV=c["BV_delta_bwd"], DOT_PREC=p.prec,
+                         **self.common, **p.launch)
+        launch_state_bwd(p.plan.queue, q=p.q, k=p.k, w=w, do=do, gb=b, dht=self._g(dht), dh=dh, dvn=dvn,
                          dh0=self._g(dh0), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=K, V=V,
                          KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_DHT=dht is not None, STORE_DH0=want_dh0,
                          DOT_PREC=p.prec, **self.common, **self.state_bwd_launch)

@@ -4,6 +4,7 @@ and the state pass recomputed with STORE_STATES (S_0 entering each chunk, V_new)
 Per chunk, S_0 its entering state, dS_C the gradient of its leaving state, P = (Q Kᵀ) ⊙ Γ (diagonal included),
 G = (K Kᵀ) ⊙ Γ, s the scale; A, N, W, U, V_new as in the forward:
 
+    delta_dvn_local_kernel (per chunk): s Pᵀ dO, the first term of (B1)
     delta_state_bwd_kernel (the reverse pass over chunks, grid (V blocks, N·H)):
         (B1) dV_new  = s Pᵀ dO + (K ⊙ e^{b_C − b}) dS_C
         (B2) dS_prev = e^{b_C} dS_C + s (Q ⊙ e^b)ᵀ dO − Wᵀ dV_new            dh0 = dS_prev of the first chunk
@@ -54,11 +55,45 @@ def _chunk_gate(gb, start, L, i_h, H: tl.constexpr, BT: tl.constexpr, GATE: tl.c
 
 
 @triton.jit
-def delta_state_bwd_kernel(q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, chunk_offsets, scale, T,
+def _pair_t(q, k, gb, pq, start, L, i_h, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
+            GATE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Pᵀ of a chunk, [BT, BT] fp32: Pt[j, i] = P_ij = ⟨q_i, k_j⟩ e^{b_i − b_j} for i ≥ j, else 0."""
+    if GATE == _VECTOR:
+        return load_square(pq, start, L, i_h, H, BT, True)  # the gate inside
+    rt = tl.arange(0, BT)
+    Pt = tl.dot(load_tile(k, start, L, 0, H, K, i_h, BT, KP, False, 0.0),
+                load_tile(q, start, L, 0, H, K, i_h, BT, KP, True, 0.0), input_precision=DOT_PREC)  # 16-bit: exact
+    b, _ = _chunk_gate(gb, start, L, i_h, H, BT, GATE)
+    return tl.where(rt[None, :] >= rt[:, None], Pt * tl.exp(tl.minimum(b[None, :] - b[:, None], 0.0)), 0.0)
+
+
+@triton.jit
+def delta_dvn_local_kernel(q, k, do, gb, pq, dvn, cu_seqlens, chunk_indices, scale, T, H: tl.constexpr,
+                           K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr,
+                           GATE: tl.constexpr, VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dvn [T, H, V] (fp32) = s Pᵀ dO, (B1)'s chunk-local term, parallel over chunks; the reverse pass adds the
+    rest. Grid (V blocks, chunks, H)."""
+    i_v, i_t, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
+    Pt = _pair_t(q, k, gb, pq, start, L, i_h, H, K, BT, KP, GATE, DOT_PREC)
+    dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
+    store_tile(dvn, tl.dot(Pt, dot_, input_precision=DOT_PREC) * scale, start, L, i_v * BV, H, V, i_h, BT, BV)
+
+
+def launch_dvn_local(queue, *, q, k, do, gb, pq, dvn, cu_seqlens, chunk_indices, scale, T, NT, H, K, V, BT, KP, BV,
+                     GATE, VARLEN, DOT_PREC, num_warps, num_stages):
+    queue(delta_dvn_local_kernel, (triton.cdiv(V, BV), NT, H), q=q, k=k, do=do, gb=gb, pq=pq, dvn=dvn,
+          cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, scale=scale, T=T, H=H, K=K, V=V, BT=BT, KP=KP, BV=BV,
+          GATE=GATE, VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps, num_stages=num_stages)
+
+
+@triton.jit
+def delta_state_bwd_kernel(q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk_offsets, scale, T,
                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                            BV: tl.constexpr, GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                            VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dh [NT, H, K, V] = dS_C of each chunk, dvn [T, H, V] = dV_new (fp32), dh0 [N, H, K, V]; KP ≥ K."""
+    """dh [NT, H, K, V] = dS_C of each chunk, dh0 [N, H, K, V]; dvn [T, H, V] (fp32) holds s Pᵀ dO
+    (delta_dvn_local_kernel) and leaves as dV_new. KP ≥ K. Only the products with dS and dV_new are sequential."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, L_seq, c0 = seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, VARLEN)
@@ -67,7 +102,6 @@ def delta_state_bwd_kernel(q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, c
     rt = tl.arange(0, BT)
     m_kv = (rk[:, None] < K) & (rv[None, :] < V)
     o_kv = rk[:, None] * V + rv[None, :]
-    causal_t = rt[None, :] >= rt[:, None]  # [j, i]: i ≥ j
     dS = tl.zeros([KP, BV], dtype=tl.float32)
     if HAS_DHT:
         dS += tl.load(dht + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
@@ -76,13 +110,11 @@ def delta_state_bwd_kernel(q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, c
         c = NT - 1 - j
         start = bos + c * BT
         L = tl.minimum(bos + L_seq - start, BT)
-        tl.store(dh + ((c0 + c) * H + i_h) * K * V + o_kv, dS, mask=m_kv)
-        k_in = load_tile(k, start, L, 0, H, K, i_h, BT, KP, False, 0.0)  # [BT, KP], input dtype
-        q_in = load_tile(q, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]
-        kt, qT = k_in.to(tl.float32), q_in.to(tl.float32)
+        tl.store(dh + ((c0 + c) * H + i_h).to(tl.int64) * K * V + o_kv, dS, mask=m_kv)
+        kt = load_tile(k, start, L, 0, H, K, i_h, BT, KP, False, 0.0).to(tl.float32)  # [BT, KP]
+        qT = load_tile(q, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
         dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
         if GATE == _VECTOR:
-            Pt = load_square(pq, start, L, i_h, H, BT, True)  # Pt[j, i] = P_ij, the gate inside
             b_C = tl.load(gb + ((start + L - 1) * H + i_h) * K + rk, mask=rk < K, other=0.0)  # [KP]
             bk = load_tile(gb, start, L, 0, H, K, i_h, BT, KP, False, 0.0)
             kc = kt * tl.exp(tl.minimum(b_C[None, :] - bk, 0.0))  # kt is 0 past L
@@ -90,12 +122,11 @@ def delta_state_bwd_kernel(q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, c
             decay = tl.exp(b_C)[:, None]
         else:
             b, b_C = _chunk_gate(gb, start, L, i_h, H, BT, GATE)
-            Pt = tl.dot(k_in, q_in, input_precision=DOT_PREC)  # Pt[j, i] = k_j · q_i (16-bit products are exact)
-            Pt = tl.where(causal_t, Pt * tl.exp(tl.minimum(b[None, :] - b[:, None], 0.0)), 0.0)
             kc = kt * tl.where(rt < L, tl.exp(tl.minimum(b_C - b, 0.0)), 0.0)[:, None]
             qT = qT * tl.exp(tl.minimum(b, 0.0))[None, :]
             decay = tl.exp(b_C)
-        x = tl.dot(Pt, dot_, input_precision=DOT_PREC) * scale + tl.dot(kc, dS, input_precision=DOT_PREC)
+        x = (load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+             + tl.dot(kc, dS, input_precision=DOT_PREC))
         store_tile(dvn, x, start, L, i_v * BV, H, V, i_h, BT, BV)
         wT = load_tile(w, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
         dS = (dS * decay + tl.dot(qT, dot_, input_precision=DOT_PREC) * scale
@@ -104,9 +135,9 @@ def delta_state_bwd_kernel(q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, c
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, dS, mask=m_kv)
 
 
-def launch_state_bwd(queue, *, q, k, w, do, gb, pq, dht, dh, dvn, dh0, cu_seqlens, chunk_offsets, scale, T, N, H, K, V,
+def launch_state_bwd(queue, *, q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk_offsets, scale, T, N, H, K, V,
                      BT, KP, BV, GATE, HAS_DHT, STORE_DH0, VARLEN, DOT_PREC, num_warps, num_stages):
-    queue(delta_state_bwd_kernel, (triton.cdiv(V, BV), N * H), q=q, k=k, w=w, do=do, gb=gb, pq=pq, dht=dht, dh=dh,
+    queue(delta_state_bwd_kernel, (triton.cdiv(V, BV), N * H), q=q, k=k, w=w, do=do, gb=gb, dht=dht, dh=dh,
           dvn=dvn, dh0=dh0, cu_seqlens=cu_seqlens, chunk_offsets=chunk_offsets, scale=scale, T=T, H=H, K=K, V=V,
           BT=BT, KP=KP, BV=BV, GATE=GATE, HAS_DHT=HAS_DHT, STORE_DH0=STORE_DH0, VARLEN=VARLEN, DOT_PREC=DOT_PREC,
           num_warps=num_warps, num_stages=num_stages)

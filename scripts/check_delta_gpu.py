@@ -91,7 +91,7 @@ def rel(a, b):
 def section_correct(args, res):
     rows = res.setdefault("correct", [])
     cases = [(gate, dt, T) for gate in ("delta_rule", "gated_delta_rule") for dt in ("bf16", "fp32")
-             for T in (2048, 16384)] + [("kda", "bf16", 2048), ("kda", "fp32", 2048)]
+             for T in args.correct_T] + [("kda", "bf16", 2048), ("kda", "fp32", 2048)]
     for gate, dt, T in cases:
         if gate not in args.gates:
             continue
@@ -107,7 +107,7 @@ def section_correct(args, res):
         row.update({n: rel(got[n], r) for n, r in ref.items()})
         row["finite"] = all(bool(torch.isfinite(t).all()) for t in got.values())
         rows.append(row)
-        f = fla(gate) if args.fla else None
+        f = fla(gate) if args.fla and args.fla_correct else None
         if f is not None:
             frow = dict(op=gate, dtype=dt, B=4, T=T, H=16, D=128, impl="fla")
             try:
@@ -150,7 +150,7 @@ def sdpa(q, k, v, g, beta, h0):
 def section_speed(args, res):
     rows = res.setdefault("speed", [])
     for gate in [g for g in ("gated_delta_rule", "delta_rule") if g in args.gates]:
-        for T in (2048, 4096, 8192, 16384):
+        for T in args.speed_T:
             if time.time() - T0 > args.budget_s:
                 print(f"budget: skipping speed {gate} T={T}", flush=True)
                 continue
@@ -195,6 +195,7 @@ def section_profile(args, res):
     for gate in [g for g in ("gated_delta_rule", "delta_rule") if g in args.gates]:
         x = [None if t is None else t.bfloat16() for t in inputs(gate, 4, args.profile_T, 16, 128)]
         x[5] = None
+        ref = ours(gate, "torch")(*[None if t is None else t.double() for t in x])[0]  # for each config's o error
         impls = [(f"ours {json.dumps(c)}" if c else "ours", ours(gate, kernel_config=c)) for c in args.configs]
         impls += [("fla", fla(gate))] if args.fla and args.profile_fla and fla(gate) is not None else []
         for name, fn in impls:
@@ -213,9 +214,12 @@ def section_profile(args, res):
                 except Exception as e:  # noqa: BLE001
                     out.append(dict(op=gate, impl=name, backward=backward, error=repr(e)[:160]))
                     continue
-                out.append(dict(op=gate, impl=name, backward=backward, T=args.profile_T, gpu_ms=total, kernels=rows))
-                print(f"profile {gate} {name} {'fwd+bwd' if backward else 'fwd'} T={args.profile_T}: {total} ms",
-                      flush=True)
+                with torch.no_grad():
+                    err = rel(fn(*x)[0], ref)
+                out.append(dict(op=gate, impl=name, backward=backward, T=args.profile_T, gpu_ms=total, kernels=rows,
+                                o_err=err))
+                print(f"profile {gate} {name} {'fwd+bwd' if backward else 'fwd'} T={args.profile_T}: {total} ms "
+                      f"(o vs float64: {err:.2e})", flush=True)
                 for r in rows[:12]:
                     print(f"    {r[2]:8.4f} ms  x{r[1]:<3d} {r[0]}", flush=True)
 
@@ -262,6 +266,10 @@ def main():
     ap.add_argument("--sections", default="correct,speed,first_call")
     ap.add_argument("--budget-s", type=float, default=400, help="start no new case after this many seconds")
     ap.add_argument("--profile-T", type=int, default=4096)
+    ap.add_argument("--correct-T", type=json.loads, default=[2048, 16384], help="correct: T values (JSON list)")
+    ap.add_argument("--speed-T", type=json.loads, default=[2048, 4096, 8192, 16384], help="speed: T values")
+    ap.add_argument("--no-fla-correct", dest="fla_correct", action="store_false",
+                    help="correct: ours only (fla's first calls autotune for minutes)")
     ap.add_argument("--configs", type=json.loads, default=[{}],
                     help="profile: a JSON list of kernel_config dicts for ours (e.g. '[{}, {\"BV_delta_state\": 32}]')")
     ap.add_argument("--no-profile-fla", dest="profile_fla", action="store_false", help="profile: ours only")

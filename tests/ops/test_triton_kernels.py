@@ -291,3 +291,46 @@ def test_parallel_compile_glue(monkeypatch):
     with pytest.warns(UserWarning, match="parallel Triton compile failed"):
         plan.run()
     assert [e[:2] for e in events] == [("mode", True), ("launch", "c"), ("launch", "a")]
+
+
+def test_out_of_shared_memory_falls_back_to_one_stage(monkeypatch):
+    """launch.Plan.run: a launch whose pipelined variant needs more shared memory than the device has (Triton's
+    OutOfResources at launch) warns once and runs at num_stages=1, then and on later runs of the same plan; at 1
+    stage the error is raised. (A fake kernel: the interpreter has no shared-memory limit.)"""
+    import warnings
+
+    from triton.runtime.errors import OutOfResources
+
+    from linattn_models.ops.triton import launch
+    stages = []
+
+    class Kernel:
+        __name__ = "k"
+
+        def __init__(self, limit):
+            self.limit = limit
+
+        def __getitem__(self, grid):
+            def go(**kw):
+                if kw["num_stages"] > self.limit:
+                    raise OutOfResources(300000, 232448, "shared memory")
+                stages.append(kw["num_stages"])
+            return go
+
+    monkeypatch.setattr(launch, "_ONE_STAGE", set())
+    plan = launch.Plan()
+    ok, big = Kernel(limit=3), Kernel(limit=1)
+    for run in range(2):
+        plan.queue(ok, (1,), T=7, num_stages=3)
+        plan.queue(big, (1,), T=7, num_stages=3)
+        if run == 0:
+            with pytest.warns(UserWarning, match="running it at 1 stage"):
+                plan.run()
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # remembered: straight to 1 stage, no second failure
+                plan.run()
+    assert stages == [3, 1, 3, 1]
+    plan.queue(Kernel(limit=0), (1,), T=7, num_stages=1)
+    with pytest.raises(OutOfResources):
+        plan.run()

@@ -7,8 +7,8 @@ the state pass (delta_state: S_0 per chunk and V_new, in the input dtype) → th
 (chunk_fwd.chunk_out, gated linear attention's, with V_new for V). mode="recurrent": delta_recurrent.
 Backward (both modes): b, W, U and the state pass RECOMPUTED (S_0 per chunk and V_new in fp32; N is kept from a
 chunked forward), as for gated linear attention (attention.py says why: memory) → s Pᵀ dO per chunk
-(delta_dvn_local) → reverse state pass (dS_C per chunk, dV_new, dh0) → dv, dP̃, dÃ (delta_intra_bwd) → dq, dk and
-the K-block shares of dβ, dg (delta_qk_bwd) → dβ, dg
+(delta_dvn_local) → reverse state pass (dS_C per chunk, dV_new, dh0) → dv, dP̃, dÃ (delta_intra_bwd) → dq, dk
+and the K-block shares of dβ, dg (delta_qk_bwd) → dβ, dg
 (delta_finish_bwd). The state passes hold the whole key dim (K ≤ MAX_K) of a [K, BV] fp32 state tile.
 """
 import functools
@@ -32,17 +32,21 @@ WIDE_K = 128
 
 
 @functools.lru_cache(maxsize=None)
-def _default_delta_config(K, V, smem):
+def _default_delta_config(K, V, smem, vector, kbytes):
     """Block sizes (not tuned yet; no autotune, so the first call is fast). The state passes run one program per
     (sequence, head, V block) through the chunks in order, with fp32 operand tiles up to [BT, K] = [64, 256],
     and take 8 warps for K > 128. The forward pass prefetches the next chunks' W, U, K tiles (software-pipelined,
     stages_delta_state) as far as `smem` (shared memory per block) holds them; on an H200 (B=4 T=4K H=16 D=128
     bf16) it took 0.35 ms at 1 stage, 0.22 at 2, 0.20 at 3. The reverse pass stays at 1 (2 made it slower, 0.89
     → 1.13 ms). BV_delta_bwd: V tile of the backward's per-chunk kernels (there: 32 took 0.81 + 0.33 ms, 64 took
-    1.18 + 0.36 for delta_qk_bwd + delta_intra_bwd; the forward's W, U kernel keeps 64). Keys may be overridden through the ops' kernel_config=, as gated linear attention's."""
+    1.18 + 0.36 for delta_qk_bwd + delta_intra_bwd; the forward's W, U kernel keeps 64). Keys may be overridden
+    through the ops' kernel_config=, as gated linear attention's."""
     KP = np2(K)
     BV = min(TILE if KP <= WIDE_K else STATE_TILE_WIDE_K, np2(V))
-    stage = 64 * (KP * 4 + BV * 4 + KP * 2)  # one chunk's W (fp32), U (fp32) and K (≤ 16-bit) tiles, BT = 64
+    # one chunk's W, U (fp32 in the backward's recomputation), K (kbytes an element) and the per-key gate's b
+    # (fp32) tiles, BT = 64 (3 stages of the per-key gate's took 280 KB on the H200, over its 227 KB); where the
+    # estimate is short, launch.Plan falls back to 1 stage
+    stage = 64 * (KP * 4 + BV * 4 + KP * kbytes + (KP * 4 if vector else 0))
     stages = next((n for n in (3, 2) if n * stage + 32 * 1024 <= smem), 1)
     return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, np2(V)), BV_delta_bwd=min(32, np2(V)), KP_delta=KP,
                 BV_delta_state=BV,
@@ -58,7 +62,8 @@ class _DeltaProblem:
         gate = "none" if g is None else ("vector" if g.ndim == 4 else "scalar")
         K, V = q.shape[-1], v.shape[-1]
         overrides = overrides or {}
-        mine = _default_delta_config(K, V, shared_mem(q.device))  # the delta keys; the shared ones go to the Call
+        # the delta keys; the shared ones go to the Call
+        mine = _default_delta_config(K, V, shared_mem(q.device), g is not None and g.ndim == 4, q.element_size())
         self.p = p = Call(q, k, v, g, gate, scale, cu_seqlens, {n: x for n, x in overrides.items() if n not in mine})
         self.vector = p.GATE == GATE_VECTOR
         self.beta = beta.contiguous().view(p.TT, p.H)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 
 from ... import env
 
@@ -21,6 +22,7 @@ from ... import env
 INTERPRET = env.triton_interpret()
 PARALLEL_COMPILE = env.flag("LINATTN_PARALLEL_COMPILE")
 _COMPILED = set()  # specialisation keys of plans compiled already
+_ONE_STAGE = set()  # (plan key, launch index) that ran out of shared memory pipelined (Plan.run)
 
 
 def _arg_key(value, by_value):
@@ -59,8 +61,20 @@ class Plan:
         if key not in _COMPILED:
             _COMPILED.add(key)
             _compile_parallel(launches)
-        for kernel, grid, kw in launches:
-            kernel[grid](**kw)
+        for i, (kernel, grid, kw) in enumerate(launches):
+            if _ONE_STAGE and (key, i) in _ONE_STAGE:
+                kw = dict(kw, num_stages=1)
+            try:
+                kernel[grid](**kw)
+            except OutOfResources as e:
+                # software pipelining (num_stages > 1) sized for a device with more shared memory than this one:
+                # run unpipelined from now on rather than fail (block sizes come from config.py, not autotuning)
+                if kw.get("num_stages", 1) <= 1:
+                    raise
+                _ONE_STAGE.add((key, i))
+                warnings.warn(f"linattn_models: {getattr(kernel, '__name__', kernel)} needs more shared memory at "
+                              f"num_stages={kw['num_stages']} than this device has ({e}); running it at 1 stage")
+                kernel[grid](**dict(kw, num_stages=1))
 
 
 def _compile_parallel(launches):

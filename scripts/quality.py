@@ -5,6 +5,8 @@ we ship, a hybrid when the configs support one, and a softmax-attention baseline
     PYTHONPATH=src python3 scripts/quality.py --mode smoke                 # CPU, about a minute on 2 cores
     PYTHONPATH=src python3 scripts/quality.py --mode gpu --parts mqar --jobs 7 --out runs/quality-gpu-mqar  # H200
     PYTHONPATH=src python3 scripts/quality.py --mode smoke --parts mqar --archs gla,llama --set mqar.steps=100
+    PYTHONPATH=src python3 scripts/quality.py --mode smoke --parts mqar --archs gla,gla-conv \
+        --variant 'gla-conv=gla:{"use_short_conv": true}'                     # an ablation: config fields changed
 
 MQAR (src/linattn_models/bench/mqar.py): 2-layer models at each d_model, a learning-rate sweep per model (the best
 rate by validation accuracy; test accuracy on sequences from another seed is reported). Convergence: the same
@@ -78,7 +80,15 @@ def parse_args(argv):
                     help="CPU threads (0: on CPU the cores other processes leave idle, on GPU torch's default)")
     ap.add_argument("--jobs", type=int, default=1, help="architectures run at once, each in a child process")
     ap.add_argument("--list", action="store_true", help="print the mode's settings and exit")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:JSON",
+                    help="one more architecture to run: BASE's entry with these config fields, e.g. "
+                         "'gla-conv=gla:{\"use_short_conv\": true}' (then --archs gla-conv, or all)")
     a = ap.parse_args(argv)
+    for item in a.variant:
+        try:
+            add_variant(item)
+        except ValueError as e:
+            ap.error(f"--variant {item}: {e}")
     a.parts = [p for p in a.parts.split(",") if p]
     if not a.parts or set(a.parts) - {"mqar", "convergence"}:
         ap.error(f"--parts {','.join(a.parts)}: pick from mqar, convergence")
@@ -104,6 +114,26 @@ def parse_args(argv):
     elif a.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU is visible")
     return a
+
+
+def add_variant(item):
+    """Append --variant NAME=BASE:JSON to quality.ARCHS: BASE's arch and fields, updated with the JSON object's."""
+    name, eq, rest = item.partition("=")
+    base, colon, fields = rest.partition(":")
+    entries = {e[0]: e for e in quality.ARCHS}
+    if not eq or not name or not colon:
+        raise ValueError("expected NAME=BASE:JSON")
+    if name in entries:
+        raise ValueError(f"{name} is taken; known: {', '.join(entries)}")
+    if base not in entries:
+        raise ValueError(f"no architecture {base}; known: {', '.join(entries)}")
+    try:
+        extra = json.loads(fields)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"the fields are not JSON ({e})") from None
+    if not isinstance(extra, dict) or entries[base][1] == "llama":
+        raise ValueError("the fields must be a JSON object, for one of our architectures (not llama)")
+    quality.ARCHS.append((name, entries[base][1], {**entries[base][2], **extra}))
 
 
 def write_outputs(out, result):
@@ -179,7 +209,7 @@ class Child:
         (self.out / "quality.json").unlink(missing_ok=True)  # an earlier run's results must not be merged as ours
         cmd = [sys.executable, str(Path(__file__).resolve()), "--mode", a.mode, "--parts", ",".join(a.parts),
                "--device", a.device, "--archs", name, "--out", str(self.out), "--threads", str(threads),
-               *[x for item in a.set for x in ("--set", item)]]
+               *[x for item in a.set for x in ("--set", item)], *[x for item in a.variant for x in ("--variant", item)]]
         self.log = open(parts_dir / f"{name}.log", "w")
         self.last = ""
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -76,6 +76,26 @@ def test_arch_list_is_data_driven(monkeypatch):
         quality.select_archs(["nope"])
 
 
+def test_variant_adds_an_architecture(monkeypatch):
+    """--variant NAME=BASE:JSON: BASE's entry with the fields changed (the hybrid's own fields kept); bad ones are
+    refused by name."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("quality_script", ROOT / "scripts" / "quality.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(quality, "ARCHS", list(quality.ARCHS))
+    a = script.parse_args(["--variant", 'gdnh-conv2=gated_deltanet-hybrid:{"conv_size": 2}', "--archs", "gdnh-conv2"])
+    assert [e[0] for e in a.entries] == ["gdnh-conv2"]
+    assert a.entries[0][1:] == ("gated_deltanet", {"attn_layers": [1], "conv_size": 2})
+    assert quality.build_model(a.entries[0], 64, 2, vocab=256).config.conv_size == 2
+    for bad, why in (("gla=gla:{}", "taken"), ("x=nope:{}", "no architecture"), ("x=gla:[1]", "JSON object"),
+                     ("x=llama:{}", "not llama"), ("x=gla:{", "not JSON"), ("gla", "NAME=BASE:JSON")):
+        with pytest.raises(SystemExit):
+            script.parse_args(["--variant", bad])
+        with pytest.raises(ValueError, match=why):
+            script.add_variant(bad)
+
+
 def test_sweep_survives_a_failed_rate(monkeypatch):
     def fake_run(entry, d, lr, p, valid, test, device, log):
         if lr == 1.0:

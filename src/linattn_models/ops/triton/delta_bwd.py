@@ -1,10 +1,10 @@
-"""The delta rule, backward kernels (docs/math.md, 'Delta rule'), after the forward's W, U, N (delta_fwd.delta_wy_kernel)
-and the state pass recomputed with STORE_STATES (S_0 entering each chunk, V_new).
+"""The delta rule, backward kernels (docs/math.md, 'Delta rule'), after W, U (delta_fwd.delta_wy_kernel, from the
+forward's kept N) and the state pass recomputed in fp32 (S_0 entering each chunk, V_new).
 
 Per chunk, S_0 its entering state, dS_C the gradient of its leaving state, P = (Q Kᵀ) ⊙ Γ (diagonal included),
 G = (K Kᵀ) ⊙ Γ, s the scale; A, N, W, U, V_new as in the forward:
 
-    delta_dvn_local_kernel (per chunk): s Pᵀ dO, the first term of (B1)
+    delta_dvn_local_kernel (per chunk, grid (V blocks, chunks, H)): s Pᵀ dO, the first term of (B1)
     delta_state_bwd_kernel (the reverse pass over chunks, grid (V blocks, N·H)):
         (B1) dV_new  = s Pᵀ dO + (K ⊙ e^{b_C − b}) dS_C
         (B2) dS_prev = e^{b_C} dS_C + s (Q ⊙ e^b)ᵀ dO − Wᵀ dV_new            dh0 = dS_prev of the first chunk

@@ -204,9 +204,8 @@ def chunk_out(c, *, b, h, A, v=None):
     cfg = c.cfg
     o = new((c.TT, c.H, c.V), c.dtype, c.device)
     c.plan.queue(chunk_out_kernel, (cdiv(c.V, cfg["BV_out"]), c.NT, c.H), q=c.q, k=c.k, v=c.v if v is None else v,
-                 gb=b, gh=c.g_head,
-                 h=h, A=c.opt(A), o=o, scale=c.scale, H=c.H, K=c.K, V=c.V, BK=cfg["BK_out"], BV=cfg["BV_out"],
-                 GATE=c.GATE, DOT_PREC=c.prec, **c.chunk_args(), **c.launch)
+                 gb=b, gh=c.g_head, h=h, A=c.opt(A), o=o, scale=c.scale, H=c.H, K=c.K, V=c.V, BK=cfg["BK_out"],
+                 BV=cfg["BV_out"], GATE=c.GATE, DOT_PREC=c.prec, **c.chunk_args(), **c.launch)
     return o
 
 

@@ -74,6 +74,7 @@ class _DeltaProblem:
         self.common_nogate = {n: val for n, val in self.common.items() if n != "GATE"}
         self.state_launch = dict(num_warps=cfg["warps_delta_state"], num_stages=cfg["stages_delta_state"])
         self.state_bwd_launch = dict(num_warps=cfg["warps_delta_state"], num_stages=cfg["stages_delta_state_bwd"])
+        self.n_buf = None  # N of a chunked forward, kept by the autograd function: the backward skips the inverse
 
     def _g(self, x):
         return x if x is not None else self.p.dummy
@@ -133,7 +134,7 @@ class _DeltaProblem:
         ht, h, vn = self.state(b, w, u, h0, want_final, p.dtype)
         o = chunk_out(p, b=b, h=h, A=self.pair(p.q, b, p.diag_limit_A, p.scale) if self.vector else None, v=vn)
         p.plan.run()
-        self.n_buf = n_buf  # kept by the autograd function: the backward skips the inverse
+        self.n_buf = n_buf
         return o, ht
 
     def backward(self, do, dht, h0, want_dh0, beta_dtype, n_buf=None):
@@ -201,7 +202,7 @@ class _DeltaRule(torch.autograd.Function):
         o, ht = prob.forward(h0, output_final_state, mode)
         # N (fp32, [T, H, BT]: q's size for 16-bit q at K = 128) is kept: its inverse is most of the W, U
         # recomputation; the rest (W, U, the state pass) is recomputed, as gated linear attention's states.
-        ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, getattr(prob, "n_buf", None))
+        ctx.save_for_backward(q, k, v, g, beta, h0, cu_seqlens, prob.n_buf)
         ctx.scale, ctx.overrides = scale, overrides
         return o.view(v.shape), ht
 

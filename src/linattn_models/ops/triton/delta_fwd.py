@@ -24,7 +24,8 @@ D=128 bf16; 16-row blocks by substitution then the rest by matmuls 0.54 ms; the 
 for |k| ≤ 1 (docs/math.md, 'Delta rule'), and each step is the exact block inverse, so it needs no pivoting.
 Every exponent is ≤ 0 (b decreases inside a chunk; the clamps only guard masked rows). The products with N, W and
 S take fp32 operands (tf32 on a GPU unless fp32 inputs ask for ieee): V_new = U − W S is the state's prediction
-error, which cancels, so its operands are not rounded to the input dtype.
+error, which cancels, so S is not rounded to the input dtype there. W and U are stored in the buffers' dtype: the
+input's in the forward (one rounding, as h and V_new for the output kernel), fp32 in the backward's recomputation.
 Each kernel's launch function sits below it and takes keyword arguments; `queue(kernel, grid, **kw)` launches it
 (queues it on the call's plan: launch.Plan).
 """

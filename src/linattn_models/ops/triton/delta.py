@@ -51,7 +51,9 @@ def _default_delta_config(K, V, smem, vector, kbytes):
     return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, np2(V)), BV_delta_bwd=min(32, np2(V)), KP_delta=KP,
                 BV_delta_state=BV,
                 BV_delta_rec=min(np2(V), max(16, 8192 // KP)),
-                warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=stages, stages_delta_state_bwd=1)
+                warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=stages, stages_delta_state_bwd=1,
+                wy_blocked=True, dot16_delta_wy=False, dot16_delta_state=False, warps_delta_wy=4,
+                stages_delta_wy=2 if smem >= 160 * 1024 else 1)
 
 
 class _DeltaProblem:
@@ -101,7 +103,9 @@ class _DeltaProblem:
         u = new((p.TT, p.H, p.V), dtype, p.device)
         launch_wy(p.plan.queue, k=p.k, v=p.v, beta=self.beta, gb=b, pk=pk, n_out=n_buf, w=w, u=u,
                   chunk_indices=p.chunk_indices, NT=p.NT, K=p.K, V=p.V, BK=c["BK_delta"], BV=c["BV_delta"],
-                  DOT_PREC=p.prec, HAS_N=has_n, **self.common, **p.launch)
+                  DOT_PREC=p.prec, HAS_N=has_n, BLOCKED=bool(c["wy_blocked"]),
+                  DOT16=bool(c["dot16_delta_wy"]) and dtype != torch.float32, **self.common,
+                  num_warps=c["warps_delta_wy"], num_stages=c["stages_delta_wy"])
         return n_buf, w, u
 
     def state(self, b, w, u, h0, want_final, dtype):
@@ -113,8 +117,8 @@ class _DeltaProblem:
         vn = new((p.TT, p.H, p.V), dtype, p.device)
         launch_state(p.plan.queue, k=p.k, w=w, u=u, gb=b, h0=self._g(h0), ht=self._g(ht), h=h, vn=vn,
                      chunk_offsets=p.chunk_offsets, N=p.N, K=p.K, V=p.V, KP=c["KP_delta"], BV=c["BV_delta_state"],
-                     HAS_H0=h0 is not None, STORE_FINAL=want_final, DOT_PREC=p.prec, **self.common,
-                     **self.state_launch)
+                     HAS_H0=h0 is not None, STORE_FINAL=want_final, DOT_PREC=p.prec,
+                     DOT16=bool(c["dot16_delta_state"]) and dtype != torch.float32, **self.common, **self.state_launch)
         return ht, h, vn
 
     def forward(self, h0, want_final, mode, in_place=False):

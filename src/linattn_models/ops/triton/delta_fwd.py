@@ -68,11 +68,110 @@ def unit_lower_inverse(A, BT: tl.constexpr, DOT_PREC: tl.constexpr):
 
 
 @triton.jit
+def pair_block(k, start, L, r0: tl.constexpr, c0: tl.constexpr, i_h, H: tl.constexpr, K: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+               DOT_PREC: tl.constexpr):
+    """K_r K_cᵀ [BC, BC] (fp32) of the BC-row blocks at chunk rows r0 and c0 (rows past L read as 0); the
+    operands in the input dtype (products of 16-bit floats are exact), Kᵀ read transposed from memory."""
+    G = tl.zeros([BC, BC], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        kr = load_tile(k, start + r0, L - r0, i_k * BK, H, K, i_h, BC, BK, False, 0.0)
+        kc = load_tile(k, start + c0, L - c0, i_k * BK, H, K, i_h, BC, BK, True, 0.0)
+        G += tl.dot(kr, kc, input_precision=DOT_PREC)
+    return G
+
+
+@triton.jit
+def a_block(k, gb, pk, bet, start, L, r0: tl.constexpr, c0: tl.constexpr, i_h, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+            BC: tl.constexpr, BK: tl.constexpr, GATE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """The [BC, BC] block of A = strictly lower [β_i (K Kᵀ ⊙ Γ)_ij] at chunk rows r0, columns c0 (c0 ≤ r0);
+    bet: β of rows r0..r0+BC."""
+    rc = tl.arange(0, BC)
+    if GATE == _VECTOR:  # ⟨k_i, k_j⟩ with the gate inside, 0 above the diagonal
+        G = tl.load(pk + ((start + r0 + rc[:, None]) * H + i_h) * BT + c0 + rc[None, :],
+                    mask=(r0 + rc)[:, None] < L, other=0.0)
+    else:
+        G = pair_block(k, start, L, r0, c0, i_h, H, K, BC, BK, DOT_PREC)
+        if GATE == _SCALAR:
+            b_r = tl.load(gb + (start + r0 + rc) * H + i_h, mask=r0 + rc < L, other=0.0)
+            b_c = tl.load(gb + (start + c0 + rc) * H + i_h, mask=c0 + rc < L, other=0.0)
+            G *= tl.exp(tl.minimum(b_r[:, None] - b_c[None, :], 0.0))
+    G = G * bet[:, None]
+    if r0 == c0:
+        G = tl.where(rc[:, None] > rc[None, :], G, 0.0)
+    return G
+
+
+@triton.jit
+def store_block(n_out, X, start, L, r0: tl.constexpr, c0: tl.constexpr, i_h, H: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
+    rc = tl.arange(0, BC)
+    tl.store(n_out + ((start + r0 + rc[:, None]) * H + i_h) * BT + c0 + rc[None, :], X,
+             mask=(r0 + rc)[:, None] < L)
+
+
+@triton.jit
+def blocked_inverse(k, beta, gb, pk, n_out, start, L, i_h, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                    BK: tl.constexpr, GATE: tl.constexpr, DOT_PREC: tl.constexpr):
+    """N = (I + A)^{-1} of one chunk by 4 blocks of BC = BT/4 rows, stored into n_out: the diagonal blocks'
+    inverses D_i by doubling (unit_lower_inverse), then block forward substitution,
+    N_ij = −D_i Σ_{j≤m<i} A_im N_mj (N_jj = D_j). Only the 10 blocks on and below the diagonal are formed: 16-row
+    products, ~1/15 of the flops of the doubling on the whole [BT, BT] tile."""
+    BC: tl.constexpr = BT // 4
+    rc = tl.arange(0, BC)
+    b0 = tl.load(beta + (start + rc) * H + i_h, mask=rc < L, other=0.0).to(tl.float32)
+    b1 = tl.load(beta + (start + BC + rc) * H + i_h, mask=BC + rc < L, other=0.0).to(tl.float32)
+    b2 = tl.load(beta + (start + 2 * BC + rc) * H + i_h, mask=2 * BC + rc < L, other=0.0).to(tl.float32)
+    b3 = tl.load(beta + (start + 3 * BC + rc) * H + i_h, mask=3 * BC + rc < L, other=0.0).to(tl.float32)
+    D0 = unit_lower_inverse(a_block(k, gb, pk, b0, start, L, 0, 0, i_h, H, K, BT, BC, BK, GATE, DOT_PREC), BC,
+                            DOT_PREC)
+    D1 = unit_lower_inverse(a_block(k, gb, pk, b1, start, L, BC, BC, i_h, H, K, BT, BC, BK, GATE, DOT_PREC), BC,
+                            DOT_PREC)
+    D2 = unit_lower_inverse(a_block(k, gb, pk, b2, start, L, 2 * BC, 2 * BC, i_h, H, K, BT, BC, BK, GATE,
+                                    DOT_PREC), BC, DOT_PREC)
+    D3 = unit_lower_inverse(a_block(k, gb, pk, b3, start, L, 3 * BC, 3 * BC, i_h, H, K, BT, BC, BK, GATE,
+                                    DOT_PREC), BC, DOT_PREC)
+    A10 = a_block(k, gb, pk, b1, start, L, BC, 0, i_h, H, K, BT, BC, BK, GATE, DOT_PREC)
+    A21 = a_block(k, gb, pk, b2, start, L, 2 * BC, BC, i_h, H, K, BT, BC, BK, GATE, DOT_PREC)
+    A32 = a_block(k, gb, pk, b3, start, L, 3 * BC, 2 * BC, i_h, H, K, BT, BC, BK, GATE, DOT_PREC)
+    A20 = a_block(k, gb, pk, b2, start, L, 2 * BC, 0, i_h, H, K, BT, BC, BK, GATE, DOT_PREC)
+    A31 = a_block(k, gb, pk, b3, start, L, 3 * BC, BC, i_h, H, K, BT, BC, BK, GATE, DOT_PREC)
+    A30 = a_block(k, gb, pk, b3, start, L, 3 * BC, 0, i_h, H, K, BT, BC, BK, GATE, DOT_PREC)
+    N10 = -tl.dot(D1, tl.dot(A10, D0, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    N21 = -tl.dot(D2, tl.dot(A21, D1, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    N32 = -tl.dot(D3, tl.dot(A32, D2, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    N20 = -tl.dot(D2, tl.dot(A20, D0, input_precision=DOT_PREC) + tl.dot(A21, N10, input_precision=DOT_PREC),
+                  input_precision=DOT_PREC)
+    N31 = -tl.dot(D3, tl.dot(A31, D1, input_precision=DOT_PREC) + tl.dot(A32, N21, input_precision=DOT_PREC),
+                  input_precision=DOT_PREC)
+    N30 = -tl.dot(D3, tl.dot(A30, D0, input_precision=DOT_PREC) + tl.dot(A31, N10, input_precision=DOT_PREC)
+                  + tl.dot(A32, N20, input_precision=DOT_PREC), input_precision=DOT_PREC)
+    Z = tl.zeros([BC, BC], dtype=tl.float32)
+    store_block(n_out, D0, start, L, 0, 0, i_h, H, BT, BC)
+    store_block(n_out, Z, start, L, 0, BC, i_h, H, BT, BC)
+    store_block(n_out, Z, start, L, 0, 2 * BC, i_h, H, BT, BC)
+    store_block(n_out, Z, start, L, 0, 3 * BC, i_h, H, BT, BC)
+    store_block(n_out, N10, start, L, BC, 0, i_h, H, BT, BC)
+    store_block(n_out, D1, start, L, BC, BC, i_h, H, BT, BC)
+    store_block(n_out, Z, start, L, BC, 2 * BC, i_h, H, BT, BC)
+    store_block(n_out, Z, start, L, BC, 3 * BC, i_h, H, BT, BC)
+    store_block(n_out, N20, start, L, 2 * BC, 0, i_h, H, BT, BC)
+    store_block(n_out, N21, start, L, 2 * BC, BC, i_h, H, BT, BC)
+    store_block(n_out, D2, start, L, 2 * BC, 2 * BC, i_h, H, BT, BC)
+    store_block(n_out, Z, start, L, 2 * BC, 3 * BC, i_h, H, BT, BC)
+    store_block(n_out, N30, start, L, 3 * BC, 0, i_h, H, BT, BC)
+    store_block(n_out, N31, start, L, 3 * BC, BC, i_h, H, BT, BC)
+    store_block(n_out, N32, start, L, 3 * BC, 2 * BC, i_h, H, BT, BC)
+    store_block(n_out, D3, start, L, 3 * BC, 3 * BC, i_h, H, BT, BC)
+
+
+@triton.jit
 def delta_wy_kernel(k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, T, H: tl.constexpr, K: tl.constexpr,
                     V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
-                    VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HAS_N: tl.constexpr):
+                    VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, HAS_N: tl.constexpr, BLOCKED: tl.constexpr,
+                    DOT16: tl.constexpr):
     """N [T, H, BT] (fp32, row i of the chunk's N; read instead when HAS_N), W [T, H, K], U [T, H, V] (in their
-    buffers' dtypes) for chunk i_t, head i_h."""
+    buffers' dtypes) for chunk i_t, head i_h. BLOCKED: N by 16-row blocks (blocked_inverse, then read back from
+    n_out: global stores of a block are visible to its other threads after a barrier), else by doubling on the
+    whole tile. DOT16: W and U from N rounded to the input dtype (16-bit tensor-core products)."""
     i_t, i_h = tl.program_id(0), tl.program_id(1)
     _, start, L = chunk_bounds(i_t, cu_seqlens, chunk_indices, T, BT, VARLEN)
     rt = tl.arange(0, BT)
@@ -84,6 +183,10 @@ def delta_wy_kernel(k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, 
     else:
         rw = bet
     if HAS_N:  # the backward: N as the forward stored it
+        N = load_square(n_out, start, L, i_h, H, BT, False)
+    elif BLOCKED:
+        blocked_inverse(k, beta, gb, pk, n_out, start, L, i_h, H, K, BT, BK, GATE, DOT_PREC)
+        tl.debug_barrier()
         N = load_square(n_out, start, L, i_h, H, BT, False)
     else:
         if GATE == _VECTOR:
@@ -98,33 +201,38 @@ def delta_wy_kernel(k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, 
                 G *= tl.exp(tl.minimum(b[:, None] - b[None, :], 0.0))
         N = unit_lower_inverse(tl.where(rt[:, None] > rt[None, :], G * bet[:, None], 0.0), BT, DOT_PREC)
         tl.store(n_out + ((start + rt[:, None]) * H + i_h) * BT + rt[None, :], N, mask=valid[:, None])
+    if DOT16:
+        N = N.to(k.dtype.element_ty)
     for i_k in range(tl.cdiv(K, BK)):
         kt = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
         if GATE == _VECTOR:
             bk = load_tile(gb, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
             kt = kt * tl.exp(tl.minimum(bk, 0.0))
-        store_tile(w, tl.dot(N, kt * rw[:, None], input_precision=DOT_PREC), start, L, i_k * BK, H, K, i_h, BT, BK)
+        store_tile(w, tl.dot(N, (kt * rw[:, None]).to(N.dtype), input_precision=DOT_PREC), start, L, i_k * BK, H,
+                   K, i_h, BT, BK)
     for i_v in range(tl.cdiv(V, BV)):
         vt = load_tile(v, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
-        store_tile(u, tl.dot(N, vt * bet[:, None], input_precision=DOT_PREC), start, L, i_v * BV, H, V, i_h, BT, BV)
+        store_tile(u, tl.dot(N, (vt * bet[:, None]).to(N.dtype), input_precision=DOT_PREC), start, L, i_v * BV, H,
+                   V, i_h, BT, BV)
 
 
 def launch_wy(queue, *, k, v, beta, gb, pk, n_out, w, u, cu_seqlens, chunk_indices, T, NT, H, K, V, BT, BK, BV, GATE,
-              VARLEN, DOT_PREC, HAS_N, num_warps, num_stages):
+              VARLEN, DOT_PREC, HAS_N, BLOCKED, DOT16, num_warps, num_stages):
     queue(delta_wy_kernel, (NT, H), k=k, v=v, beta=beta, gb=gb, pk=pk, n_out=n_out, w=w, u=u, cu_seqlens=cu_seqlens,
           chunk_indices=chunk_indices, T=T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, GATE=GATE, VARLEN=VARLEN,
-          DOT_PREC=DOT_PREC, HAS_N=HAS_N, num_warps=num_warps, num_stages=num_stages)
+          DOT_PREC=DOT_PREC, HAS_N=HAS_N, BLOCKED=BLOCKED, DOT16=DOT16, num_warps=num_warps, num_stages=num_stages)
 
 
 @triton.jit
 def delta_state_kernel(k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T, H: tl.constexpr, K: tl.constexpr,
                        V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                        HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr, VARLEN: tl.constexpr,
-                       DOT_PREC: tl.constexpr):
+                       DOT_PREC: tl.constexpr, DOT16: tl.constexpr):
     """The sequential pass of sequence i_n, head i_h, V block i_v; KP ≥ K (V_new needs all of W S).
     h [NT, H, K, V]: the state entering each chunk; vn [T, H, V]: V_new (both in their buffers' dtype: the
     input's for the forward's output kernel, which rounds them to it anyway; fp32 for the backward);
-    ht [N, H, K, V] fp32 (STORE_FINAL)."""
+    ht [N, H, K, V] fp32 (STORE_FINAL). DOT16 (the forward, 16-bit inputs): both products take operands in the
+    input dtype, S and V_new rounded to it (as the output kernel reads them), the state kept in fp32."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, L_seq, c0 = seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, VARLEN)
@@ -140,9 +248,12 @@ def delta_state_kernel(k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T,
         start = bos + c * BT
         L = tl.minimum(bos + L_seq - start, BT)
         tl.store(h + ((c0 + c) * H + i_h).to(tl.int64) * K * V + o_kv, S.to(h.dtype.element_ty), mask=m_kv)
-        wt = load_tile(w, start, L, 0, H, K, i_h, BT, KP, False, 0.0).to(tl.float32)
-        x = (load_tile(u, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
-             - tl.dot(wt, S, input_precision=DOT_PREC))  # V_new; rows past L are 0
+        wt = load_tile(w, start, L, 0, H, K, i_h, BT, KP, False, 0.0)
+        if DOT16:
+            ws = tl.dot(wt, S.to(wt.dtype), input_precision=DOT_PREC)
+        else:
+            ws = tl.dot(wt.to(tl.float32), S, input_precision=DOT_PREC)
+        x = load_tile(u, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32) - ws  # V_new; 0 past L
         store_tile(vn, x, start, L, i_v * BV, H, V, i_h, BT, BV)
         kT = load_tile(k, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
         if GATE == _SCALAR:
@@ -155,16 +266,19 @@ def delta_state_kernel(k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T,
             bT = load_tile(gb, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]; kT is 0 past L
             kT = kT * tl.exp(tl.minimum(b_C[:, None] - bT, 0.0))
             S *= tl.exp(b_C)[:, None]
-        S += tl.dot(kT, x, input_precision=DOT_PREC)
+        if DOT16:
+            S += tl.dot(kT.to(k.dtype.element_ty), x.to(k.dtype.element_ty), input_precision=DOT_PREC)
+        else:
+            S += tl.dot(kT, x, input_precision=DOT_PREC)
     if STORE_FINAL:
         tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, S, mask=m_kv)
 
 
 def launch_state(queue, *, k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T, N, H, K, V, BT, KP, BV, GATE,
-                 HAS_H0, STORE_FINAL, VARLEN, DOT_PREC, num_warps, num_stages):
+                 HAS_H0, STORE_FINAL, VARLEN, DOT_PREC, DOT16, num_warps, num_stages):
     queue(delta_state_kernel, (triton.cdiv(V, BV), N * H), k=k, w=w, u=u, gb=gb, h0=h0, ht=ht, h=h, vn=vn,
           cu_seqlens=cu_seqlens, chunk_offsets=chunk_offsets, T=T, H=H, K=K, V=V, BT=BT, KP=KP, BV=BV, GATE=GATE,
-          HAS_H0=HAS_H0, STORE_FINAL=STORE_FINAL, VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps,
+          HAS_H0=HAS_H0, STORE_FINAL=STORE_FINAL, VARLEN=VARLEN, DOT_PREC=DOT_PREC, DOT16=DOT16, num_warps=num_warps,
           num_stages=num_stages)
 
 

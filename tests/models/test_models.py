@@ -39,13 +39,16 @@ def greedy_by_full_forwards(model, x, n):
 def test_import_is_light_and_registers():
     """`import linattn_models` registers the Auto classes without importing transformers' modeling code, nor
     triton / torch._dynamo unless the transformers Auto classes themselves do (5.17 does, 5.24 does not): Triton's
-    interpreter must stay switchable on afterwards. The model classes load on first use."""
+    interpreter must stay switchable on afterwards, nor transformers' modeling_auto (the model Auto classes: 7-9 s
+    of a fresh process on the H200 machine): the model classes go into its mappings when it is imported, and load
+    on first use."""
     heavy = '[m for m in ("triton", "torch._dynamo", "transformers.modeling_utils") if m in sys.modules]'
     baseline = f"import sys, transformers.models.auto.modeling_auto; print({heavy})"
     code = f"""
 import sys
 import linattn_models
 print({heavy})
+assert "transformers.models.auto.modeling_auto" not in sys.modules  # model classes registered on its import
 from transformers import AutoConfig, AutoModelForCausalLM
 cfg = AutoConfig.for_model("linattn_gla", vocab_size=64, hidden_size=32, num_hidden_layers=1, num_heads=2)
 model = AutoModelForCausalLM.from_config(cfg)

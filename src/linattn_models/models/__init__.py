@@ -19,6 +19,8 @@ modeling code on first use (then the real classes replace them in the Auto mappi
 says why.
 """
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 import warnings
 
@@ -71,14 +73,57 @@ def _same_class(a, b):
     return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
 
 
+_MODELING_AUTO = "transformers.models.auto.modeling_auto"  # the model Auto classes' module (heavy: see below)
+_PENDING = []  # config classes whose model classes wait for _MODELING_AUTO's import (_AfterModelingAuto)
+
+
+def _register_models(config_classes, materialize):
+    import transformers
+    for config_cls in config_classes:
+        arch = next(a for a, c in CONFIGS.items() if c is config_cls)
+        real = materialize or f"{__name__}.{arch}.modeling_{arch}" in sys.modules  # already imported: no stand-ins
+        classes = model_classes(arch)[1:] if real else [_LazyModelClass(arch, h) for h in _HEADS]
+        for auto_name, cls in zip(_AUTO, classes):
+            # the mapping's own register: the Auto class's one would inspect (and so import) a stand-in
+            getattr(transformers, auto_name)._model_mapping.register(config_cls, cls, exist_ok=True)
+
+
+class _AfterModelingAuto(importlib.abc.MetaPathFinder):
+    """A one-shot import hook: once transformers' modeling_auto has run, the pending model classes go into its
+    mappings. Why: that module imports auto_factory and through it torch.distributed.tensor, 7-9 of the 9-12 s of
+    `import linattn_models` in a fresh process on the H200 machine (session 10, -X importtime), which an ops-only
+    user never needs; every Auto model class lookup imports it first, so none can miss the registration."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _MODELING_AUTO:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                _flush_pending()
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+def _flush_pending():
+    pending, _PENDING[:] = list(_PENDING), []
+    _register_models(pending, materialize=False)
+
+
 def register_all(materialize=False):
     """Register every architecture with the Auto classes (idempotent). Returns the model types registered.
 
-    materialize=False registers stand-ins for the model classes (no heavy imports); True the real classes."""
+    The configs go into AutoConfig at once. The model classes: materialize=True registers the real classes (and
+    imports them); else stand-ins, and only once transformers' modeling_auto is imported (at once if it is,
+    else by the import hook _AfterModelingAuto)."""
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    done = []
+    done, mine = [], []
     for arch, config_cls in CONFIGS.items():
         model_type = config_cls.model_type
         if model_type in CONFIG_MAPPING:
@@ -90,12 +135,15 @@ def register_all(materialize=False):
                               f"from_pretrained)", stacklevel=2)
                 continue
         transformers.AutoConfig.register(model_type, config_cls, exist_ok=True)
-        real = materialize or f"{__name__}.{arch}.modeling_{arch}" in sys.modules  # already imported: no stand-ins
-        classes = model_classes(arch)[1:] if real else [_LazyModelClass(arch, h) for h in _HEADS]
-        for auto_name, cls in zip(_AUTO, classes):
-            # the mapping's own register: the Auto class's one would inspect (and so import) a stand-in
-            getattr(transformers, auto_name)._model_mapping.register(config_cls, cls, exist_ok=True)
+        mine.append(config_cls)
         done.append(model_type)
+    if materialize or _MODELING_AUTO in sys.modules:
+        _PENDING[:] = [c for c in _PENDING if c not in mine]
+        _register_models(mine, materialize)
+    else:
+        _PENDING[:] = list(dict.fromkeys(_PENDING + mine))
+        if not any(isinstance(f, _AfterModelingAuto) for f in sys.meta_path):
+            sys.meta_path.insert(0, _AfterModelingAuto())
     return done
 
 

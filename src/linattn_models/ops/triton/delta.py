@@ -52,7 +52,7 @@ def _default_delta_config(K, V, smem, vector, kbytes):
                 BV_delta_state=BV,
                 BV_delta_rec=min(np2(V), max(16, 8192 // KP)),
                 warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=stages, stages_delta_state_bwd=1,
-                wy_blocked=True, dot16_delta_wy=False, dot16_delta_state=False, warps_delta_wy=4,
+                wy_blocked=True, dot16_delta_wy=True, dot16_delta_state=True, warps_delta_wy=2,
                 stages_delta_wy=2 if smem >= 160 * 1024 else 1)
 
 

@@ -93,7 +93,7 @@ def section_correct(args, res):
     cases = [(gate, dt, T) for gate in ("delta_rule", "gated_delta_rule") for dt in ("bf16", "fp32")
              for T in args.correct_T] + [("kda", "bf16", 2048), ("kda", "fp32", 2048)]
     for gate, dt, T in cases:
-        if gate not in args.gates:
+        if gate not in args.gates or dt not in args.correct_dtypes:
             continue
         if time.time() - T0 > args.budget_s:
             print(f"budget: skipping correct {gate} {dt} T={T}", flush=True)
@@ -102,8 +102,8 @@ def section_correct(args, res):
         x = inputs(gate, 4, T, 16, 128)
         x = [None if t is None else (t.to(dtype) if i < 5 else t) for i, t in enumerate(x)]
         ref = run(ours(gate, "torch"), [None if t is None else t.double() for t in x])
-        got = run(ours(gate), x)
-        row = dict(op=gate, dtype=dt, B=4, T=T, H=16, D=128, impl="ours")
+        got = run(ours(gate, kernel_config=args.correct_config), x)
+        row = dict(op=gate, dtype=dt, B=4, T=T, H=16, D=128, impl="ours", kernel_config=args.correct_config)
         row.update({n: rel(got[n], r) for n, r in ref.items()})
         row["finite"] = all(bool(torch.isfinite(t).all()) for t in got.values())
         rows.append(row)
@@ -282,6 +282,8 @@ def main():
     ap.add_argument("--budget-s", type=float, default=400, help="start no new case after this many seconds")
     ap.add_argument("--profile-T", type=int, default=4096)
     ap.add_argument("--correct-T", type=json.loads, default=[2048, 16384], help="correct: T values (JSON list)")
+    ap.add_argument("--correct-config", type=json.loads, default={}, help="correct: kernel_config for ours (JSON)")
+    ap.add_argument("--correct-dtypes", default="bf16,fp32", help="correct: comma-separated subset of bf16,fp32")
     ap.add_argument("--speed-T", type=json.loads, default=[2048, 4096, 8192, 16384], help="speed: T values")
     ap.add_argument("--no-fla-correct", dest="fla_correct", action="store_false",
                     help="correct: ours only (fla's first calls autotune for minutes)")
@@ -291,6 +293,7 @@ def main():
     ap.add_argument("--gates", default=",".join(GATES), help=f"comma-separated subset of {', '.join(GATES)}")
     args = ap.parse_args()
     args.gates = args.gates.split(",")
+    args.correct_dtypes = args.correct_dtypes.split(",")
     if set(args.gates) - set(GATES):
         ap.error(f"--gates {','.join(args.gates)}: pick from {', '.join(GATES)}")
     if not torch.cuda.is_available():

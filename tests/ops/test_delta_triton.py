@@ -99,11 +99,13 @@ def test_fp16(gate):
     check(*delta_inputs(gate, 2, 80, 2, 32, 32), dtype=torch.float16)
 
 
-@pytest.mark.parametrize("cfg", [{"wy_blocked": False}, {"dot16_delta_wy": False, "dot16_delta_state": False}])
+@pytest.mark.parametrize("cfg", [{"wy_blocked": False}, {"dot16_delta_wy": False, "dot16_delta_state": False},
+                                 {"dot16_delta_bwd": True}])
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_forward_switches(gate, cfg):
     """The forward's alternative kernels (kernel_config switches, the defaults tested everywhere else): N by
-    doubling on the whole chunk instead of by 16-row blocks; W, U and the state pass from fp32 operands."""
+    doubling on the whole chunk instead of by 16-row blocks; W, U and the state pass from fp32 operands; the
+    backward's recomputation and reverse pass on 16-bit operands and buffers."""
     lens = [70, 1, 30]
     cu = torch.tensor([0] + lens).cumsum(0).to(DEVICE)
     check(*delta_inputs(gate, 1, sum(lens), 2, 32, 24, N=len(lens)), dtype=torch.float16, cu_seqlens=cu,

@@ -53,7 +53,7 @@ def _default_delta_config(K, V, smem, vector, kbytes):
                 BV_delta_rec=min(np2(V), max(16, 8192 // KP)),
                 warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=stages, stages_delta_state_bwd=1,
                 wy_blocked=True, dot16_delta_wy=True, dot16_delta_state=True, warps_delta_wy=2,
-                stages_delta_wy=2 if smem >= 160 * 1024 else 1)
+                stages_delta_wy=2 if smem >= 160 * 1024 else 1, dot16_delta_bwd=False)
 
 
 class _DeltaProblem:
@@ -148,9 +148,13 @@ class _DeltaProblem:
         do = do.to(p.dtype).contiguous().view(TT, H, V)
         b = local_cumsum(p)
         pk, pq = self.pair(p.k, b, p.diag_limit_A), self.pair(p.q, b, p.diag_limit_A)
-        n_buf, w, u = self.wy(b, pk, torch.float32, n_buf)
-        _, h, vn = self.state(b, w, u, h0, False, torch.float32)
-        dh = new((NT, H, K, V), torch.float32, dev)
+        # bwd16: W, U, S_0 per chunk and V_new recomputed as the forward made them (input dtype, its operands),
+        # dS_C per chunk in the input dtype, the reverse pass on 16-bit operands; else all of these in fp32
+        bwd16 = bool(c["dot16_delta_bwd"]) and p.dtype != torch.float32
+        rec = p.dtype if bwd16 else torch.float32
+        n_buf, w, u = self.wy(b, pk, rec, n_buf)
+        _, h, vn = self.state(b, w, u, h0, False, rec)
+        dh = new((NT, H, K, V), rec, dev)
         dvn = new((TT, H, V), torch.float32, dev)
         dh0 = new((p.N, H, K, V), torch.float32, dev) if want_dh0 else None
         launch_dvn_local(p.plan.queue, q=p.q, k=p.k, do=do, gb=b, pq=pq, dvn=dvn, chunk_indices=p.chunk_indices,
@@ -159,7 +163,7 @@ class _DeltaProblem:
         launch_state_bwd(p.plan.queue, q=p.q, k=p.k, w=w, do=do, gb=b, dht=self._g(dht), dh=dh, dvn=dvn,
                          dh0=self._g(dh0), chunk_offsets=p.chunk_offsets, scale=p.scale, N=p.N, K=K, V=V,
                          KP=c["KP_delta"], BV=c["BV_delta_state"], HAS_DHT=dht is not None, STORE_DH0=want_dh0,
-                         DOT_PREC=p.prec, **self.common, **self.state_bwd_launch)
+                         DOT_PREC=p.prec, DOT16=bwd16, **self.common, **self.state_bwd_launch)
         dv = new((TT, H, V), p.dtype, dev)
         dpg = new((TT, H, BT), torch.float32, dev)
         dag = new((TT, H, BT), torch.float32, dev)

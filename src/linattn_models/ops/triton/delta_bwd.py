@@ -91,9 +91,10 @@ def launch_dvn_local(queue, *, q, k, do, gb, pq, dvn, cu_seqlens, chunk_indices,
 def delta_state_bwd_kernel(q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk_offsets, scale, T,
                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                            BV: tl.constexpr, GATE: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                           VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dh [NT, H, K, V] = dS_C of each chunk, dh0 [N, H, K, V]; dvn [T, H, V] (fp32) holds s Pᵀ dO
-    (delta_dvn_local_kernel) and leaves as dV_new. KP ≥ K. Only the products with dS and dV_new are sequential."""
+                           VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, DOT16: tl.constexpr):
+    """dh [NT, H, K, V] = dS_C of each chunk (in its buffer's dtype), dh0 [N, H, K, V]; dvn [T, H, V] (fp32)
+    holds s Pᵀ dO (delta_dvn_local_kernel) and leaves as dV_new. KP ≥ K. Only the products with dS and dV_new are
+    sequential. DOT16: their operands in the input dtype (dS and dV_new rounded to it; both kept in fp32)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, L_seq, c0 = seq_bounds(i_n, cu_seqlens, chunk_offsets, T, BT, VARLEN)
@@ -110,7 +111,7 @@ def delta_state_bwd_kernel(q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk
         c = NT - 1 - j
         start = bos + c * BT
         L = tl.minimum(bos + L_seq - start, BT)
-        tl.store(dh + ((c0 + c) * H + i_h).to(tl.int64) * K * V + o_kv, dS, mask=m_kv)
+        tl.store(dh + ((c0 + c) * H + i_h).to(tl.int64) * K * V + o_kv, dS.to(dh.dtype.element_ty), mask=m_kv)
         kt = load_tile(k, start, L, 0, H, K, i_h, BT, KP, False, 0.0).to(tl.float32)  # [BT, KP]
         qT = load_tile(q, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
         dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
@@ -125,22 +126,29 @@ def delta_state_bwd_kernel(q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk
             kc = kt * tl.where(rt < L, tl.exp(tl.minimum(b_C - b, 0.0)), 0.0)[:, None]
             qT = qT * tl.exp(tl.minimum(b, 0.0))[None, :]
             decay = tl.exp(b_C)
-        x = (load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
-             + tl.dot(kc, dS, input_precision=DOT_PREC))
+        wT = load_tile(w, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]
+        if DOT16:
+            lo = k.dtype.element_ty
+            x = (load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+                 + tl.dot(kc.to(lo), dS.to(lo), input_precision=DOT_PREC))
+            dS = (dS * decay + tl.dot(qT.to(lo), dot_.to(lo), input_precision=DOT_PREC) * scale
+                  - tl.dot(wT.to(lo), x.to(lo), input_precision=DOT_PREC))
+        else:
+            x = (load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+                 + tl.dot(kc, dS, input_precision=DOT_PREC))
+            dS = (dS * decay + tl.dot(qT, dot_, input_precision=DOT_PREC) * scale
+                  - tl.dot(wT.to(tl.float32), x, input_precision=DOT_PREC))
         store_tile(dvn, x, start, L, i_v * BV, H, V, i_h, BT, BV)
-        wT = load_tile(w, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
-        dS = (dS * decay + tl.dot(qT, dot_, input_precision=DOT_PREC) * scale
-              - tl.dot(wT, x, input_precision=DOT_PREC))
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, dS, mask=m_kv)
 
 
 def launch_state_bwd(queue, *, q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk_offsets, scale, T, N, H, K, V,
-                     BT, KP, BV, GATE, HAS_DHT, STORE_DH0, VARLEN, DOT_PREC, num_warps, num_stages):
+                     BT, KP, BV, GATE, HAS_DHT, STORE_DH0, VARLEN, DOT_PREC, DOT16, num_warps, num_stages):
     queue(delta_state_bwd_kernel, (triton.cdiv(V, BV), N * H), q=q, k=k, w=w, do=do, gb=gb, dht=dht, dh=dh,
           dvn=dvn, dh0=dh0, cu_seqlens=cu_seqlens, chunk_offsets=chunk_offsets, scale=scale, T=T, H=H, K=K, V=V,
           BT=BT, KP=KP, BV=BV, GATE=GATE, HAS_DHT=HAS_DHT, STORE_DH0=STORE_DH0, VARLEN=VARLEN, DOT_PREC=DOT_PREC,
-          num_warps=num_warps, num_stages=num_stages)
+          DOT16=DOT16, num_warps=num_warps, num_stages=num_stages)
 
 
 @triton.jit
@@ -160,7 +168,7 @@ def delta_intra_bwd_kernel(v, do, beta, gb, pk, n_buf, vn, dvn, dv, dpg, dag, db
     vdv = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
-        vnT = load_tile(vn, start, L, i_v * BV, H, V, i_h, BT, BV, True, 0.0)  # [BV, BT]
+        vnT = load_tile(vn, start, L, i_v * BV, H, V, i_h, BT, BV, True, 0.0).to(tl.float32)  # [BV, BT]
         dP += tl.dot(dot_, vnT, input_precision=DOT_PREC)
         dRU = tl.dot(Nt, load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0),
                      input_precision=DOT_PREC)
@@ -219,12 +227,12 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
     for i_v in range(tl.cdiv(V, BV)):
         rv = i_v * BV + tl.arange(0, BV)
         m_vk = (rv[:, None] < V) & (rk[None, :] < K)
-        hT = tl.load(h + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0)  # [BV, BK] = S_0ᵀ
-        dhT = tl.load(dh + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0)
+        hT = tl.load(h + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0).to(tl.float32)  # S_0ᵀ
+        dhT = tl.load(dh + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0).to(tl.float32)
         hs += tl.sum(hT * dhT, axis=0)
         dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
         acc_q += tl.dot(dot_, hT, input_precision=DOT_PREC)
-        acc_kw += tl.dot(load_tile(vn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0), dhT,
+        acc_kw += tl.dot(load_tile(vn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32), dhT,
                          input_precision=DOT_PREC)
         acc_w += tl.dot(load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0), hT,
                         input_precision=DOT_PREC)

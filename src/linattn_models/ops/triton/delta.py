@@ -39,8 +39,11 @@ def _default_delta_config(K, V, smem, vector, kbytes):
     stages_delta_state) as far as `smem` (shared memory per block) holds them; on an H200 (B=4 T=4K H=16 D=128
     bf16) it took 0.35 ms at 1 stage, 0.22 at 2, 0.20 at 3. The reverse pass stays at 1 (2 made it slower, 0.89
     → 1.13 ms). BV_delta_bwd: V tile of the backward's per-chunk kernels (there: 32 took 0.81 + 0.33 ms, 64 took
-    1.18 + 0.36 for delta_qk_bwd + delta_intra_bwd; the forward's W, U kernel keeps 64). Keys may be overridden
-    through the ops' kernel_config=, as gated linear attention's."""
+    1.18 + 0.36 for delta_qk_bwd + delta_intra_bwd; the forward's W, U kernel keeps 64). wy_blocked, dot16_delta_wy,
+    dot16_delta_state, warps_delta_wy: N by 16-row blocks, 16-bit W/U and state-pass operands, 2 warps for the W/U
+    kernel (session 10's H200 sweep: forward kernels 0.705 → 0.540 ms gated; delta_fwd.py says more).
+    dot16_delta_bwd: the backward's recomputation and reverse pass in 16 bits. Keys may be overridden through the
+    ops' kernel_config=, as gated linear attention's."""
     KP = np2(K)
     BV = min(TILE if KP <= WIDE_K else STATE_TILE_WIDE_K, np2(V))
     # one chunk's W, U (fp32 in the backward's recomputation), K (kbytes an element) and the per-key gate's b

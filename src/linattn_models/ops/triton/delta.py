@@ -196,7 +196,7 @@ class _DeltaProblem:
                       dpg=dpg, dag=dag, ia_q=ia_q, ia_k=ia_k, ib_q=ib_q, ib_k=ib_k, dq=dq, dk=dk, dgk=dgk,
                       part_beta=part_beta, part_q=part_q, term=term,
                       chunk_indices=p.chunk_indices, scale=p.scale, TT=TT, NT=NT, K=K, V=V, BK=BK,
-                      BV=c["BV_delta_bwd"], DOT_PREC=p.prec, **self.common, **p.launch)
+                      BV=c["BV_delta_bwd"], DOT_PREC=p.prec, DOT16=bwd16, **self.common, **p.launch)
         dbeta = new((TT, H), beta_dtype, dev)
         dg = new(p.g.shape, p.g.dtype, dev) if scalar else (dgk if self.vector else None)
         launch_finish_bwd(p.plan.queue, dbeta_v=dbeta_v, dgv=dgv, part_beta=part_beta, part_q=part_q, term=term,

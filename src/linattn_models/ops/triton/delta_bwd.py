@@ -208,8 +208,8 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
                         part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H: tl.constexpr,
                         K: tl.constexpr,
                         V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
-                        VARLEN: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dq, dk [T, H, K] for K block i_k; part_beta, part_q [NK, T, H] and term [NK, NT, H] (fp32): this block's
+                        VARLEN: tl.constexpr, DOT_PREC: tl.constexpr, DOT16: tl.constexpr):
+    """dq, dk [T, H, K] for K block i_k (DOT16: the products of the loop over V from input-dtype operands); part_beta, part_q [NK, T, H] and term [NK, NT, H] (fp32): this block's
     share of dβ, of rowsum(q ⊙ dq) and of ⟨S_C, dS_C⟩ (part_q, term: scalar gate only).
     Vector gate: ia_q = dP ⋆ K, ia_k = dP ⋆ᵀ Q, ib_q = D ⋆ K, ib_k = D ⋆ᵀ K (fp32, from gated linear attention's
     chunk_bwd.chunk_vector_intra_bwd_kernel), and this kernel writes the gate gradient dgk [T, H, K] itself (B7):
@@ -227,15 +227,20 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
     for i_v in range(tl.cdiv(V, BV)):
         rv = i_v * BV + tl.arange(0, BV)
         m_vk = (rv[:, None] < V) & (rk[None, :] < K)
-        hT = tl.load(h + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0).to(tl.float32)  # S_0ᵀ
-        dhT = tl.load(dh + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0).to(tl.float32)
-        hs += tl.sum(hT * dhT, axis=0)
-        dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32)
+        hT = tl.load(h + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0)  # [BV, BK] = S_0ᵀ
+        dhT = tl.load(dh + off + rk[None, :] * V + rv[:, None], mask=m_vk, other=0.0)
+        hs += tl.sum(hT.to(tl.float32) * dhT.to(tl.float32), axis=0)
+        dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+        vnt = load_tile(vn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+        dvnt = load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+        if DOT16:
+            lo = do.dtype.element_ty
+            hT, dhT, vnt, dvnt = hT.to(lo), dhT.to(lo), vnt.to(lo), dvnt.to(lo)
+        else:
+            hT, dhT, vnt, dot_ = hT.to(tl.float32), dhT.to(tl.float32), vnt.to(tl.float32), dot_.to(tl.float32)
         acc_q += tl.dot(dot_, hT, input_precision=DOT_PREC)
-        acc_kw += tl.dot(load_tile(vn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32), dhT,
-                         input_precision=DOT_PREC)
-        acc_w += tl.dot(load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0), hT,
-                        input_precision=DOT_PREC)
+        acc_kw += tl.dot(vnt, dhT, input_precision=DOT_PREC)
+        acc_w += tl.dot(dvnt, hT, input_precision=DOT_PREC)
     bet = tl.load(beta + (start + rt) * H + i_h, mask=valid, other=0.0).to(tl.float32)
     qt = load_tile(q, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0).to(tl.float32)
     k_in = load_tile(k, start, L, i_k * BK, H, K, i_h, BT, BK, False, 0.0)
@@ -283,12 +288,13 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
 
 def launch_qk_bwd(queue, *, q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_q, ia_k, ib_q, ib_k, dq, dk, dgk,
                   part_beta, part_q, term, cu_seqlens, chunk_indices, scale, T, TT, NT, H, K, V, BT, BK, BV, GATE,
-                  VARLEN, DOT_PREC, num_warps, num_stages):
+                  VARLEN, DOT_PREC, DOT16, num_warps, num_stages):
     queue(delta_qk_bwd_kernel, (triton.cdiv(K, BK), NT, H), q=q, k=k, vn=vn, dvn=dvn, do=do, beta=beta, gb=gb,
           h=h, dh=dh, n_buf=n_buf, dpg=dpg, dag=dag, ia_q=ia_q, ia_k=ia_k, ib_q=ib_q, ib_k=ib_k, dq=dq, dk=dk, dgk=dgk,
           part_beta=part_beta, part_q=part_q, term=term,
           cu_seqlens=cu_seqlens, chunk_indices=chunk_indices, scale=scale, T=T, TT=TT, NT=NT, H=H, K=K, V=V, BT=BT,
-          BK=BK, BV=BV, GATE=GATE, VARLEN=VARLEN, DOT_PREC=DOT_PREC, num_warps=num_warps, num_stages=num_stages)
+          BK=BK, BV=BV, GATE=GATE, VARLEN=VARLEN, DOT_PREC=DOT_PREC, DOT16=DOT16, num_warps=num_warps,
+          num_stages=num_stages)
 
 
 @triton.jit

@@ -100,7 +100,7 @@ def test_fp16(gate):
 
 
 @pytest.mark.parametrize("cfg", [{"wy_blocked": False}, {"dot16_delta_wy": False, "dot16_delta_state": False},
-                                 {"dot16_delta_bwd": True}])
+                                 {"dot16_delta_bwd": False, "BV_delta_bwd": 32}, {"dot16_delta_bwd": True}])
 @pytest.mark.parametrize("gate", ["scalar", "vector"])
 def test_forward_switches(gate, cfg):
     """The forward's alternative kernels (kernel_config switches, the defaults tested everywhere else): N by

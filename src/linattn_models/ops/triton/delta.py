@@ -32,7 +32,7 @@ WIDE_K = 128
 
 
 @functools.lru_cache(maxsize=None)
-def _default_delta_config(K, V, smem, vector, kbytes):
+def _default_delta_config(K, V, smem, gate, kbytes):
     """Block sizes (not tuned yet; no autotune, so the first call is fast). The state passes run one program per
     (sequence, head, V block) through the chunks in order, with fp32 operand tiles up to [BT, K] = [64, 256],
     and take 8 warps for K > 128. The forward pass prefetches the next chunks' W, U, K tiles (software-pipelined,
@@ -40,23 +40,28 @@ def _default_delta_config(K, V, smem, vector, kbytes):
     bf16) it took 0.35 ms at 1 stage, 0.22 at 2, 0.20 at 3. The reverse pass stays at 1 (2 made it slower, 0.89
     → 1.13 ms). BV_delta_bwd: V tile of the backward's per-chunk kernels (there: 32 took 0.81 + 0.33 ms, 64 took
     1.18 + 0.36 for delta_qk_bwd + delta_intra_bwd; the forward's W, U kernel keeps 64). wy_blocked, dot16_delta_wy,
-    dot16_delta_state, warps_delta_wy: N by 16-row blocks, 16-bit W/U and state-pass operands, 2 warps for the W/U
-    kernel (session 10's H200 sweep: forward kernels 0.705 → 0.540 ms gated; delta_fwd.py says more).
-    dot16_delta_bwd: the backward's recomputation and reverse pass in 16 bits. Keys may be overridden through the
-    ops' kernel_config=, as gated linear attention's."""
+    dot16_delta_state, warps_delta_wy: N by 16-row blocks, 16-bit W/U and state-pass operands, 1 warp for the W/U
+    kernel (session 10's H200 sweeps: forward kernels 0.705 → 0.495 ms gated; delta_fwd.py says more).
+    dot16_delta_bwd: the backward's recomputation, reverse pass and dq/dk products in 16 bits, with BV_delta_bwd 64
+    (H200, T=4K: fwd+bwd kernels 2.87 → 2.29 ms plain, 3.31 → 2.60 gated; worst gradient error at T=2K 3.8e-3 →
+    5.8e-3 plain, 3.8e-3 → 4.7e-3 per-key gate, but the scalar gate's dg 3.0e-3 → 9.1e-3, near the 1e-2 bound:
+    so on by default except with the scalar gate). Keys may be overridden through the ops' kernel_config=, as
+    gated linear attention's."""
     KP = np2(K)
+    vector = gate == "vector"
+    bwd16 = gate != "scalar"
     BV = min(TILE if KP <= WIDE_K else STATE_TILE_WIDE_K, np2(V))
     # one chunk's W, U (fp32 in the backward's recomputation), K (kbytes an element) and the per-key gate's b
     # (fp32) tiles, BT = 64 (3 stages of the per-key gate's took 280 KB on the H200, over its 227 KB); where the
     # estimate is short, launch.Plan falls back to 1 stage
     stage = 64 * (KP * 4 + BV * 4 + KP * kbytes + (KP * 4 if vector else 0))
     stages = next((n for n in (3, 2) if n * stage + 32 * 1024 <= smem), 1)
-    return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, np2(V)), BV_delta_bwd=min(32, np2(V)), KP_delta=KP,
+    return dict(BK_delta=min(TILE, KP), BV_delta=min(TILE, np2(V)), BV_delta_bwd=min(64 if bwd16 else 32, np2(V)), KP_delta=KP,
                 BV_delta_state=BV,
                 BV_delta_rec=min(np2(V), max(16, 8192 // KP)),
                 warps_delta_state=4 if KP <= WIDE_K else 8, stages_delta_state=stages, stages_delta_state_bwd=1,
-                wy_blocked=True, dot16_delta_wy=True, dot16_delta_state=True, warps_delta_wy=2,
-                stages_delta_wy=2 if smem >= 160 * 1024 else 1, dot16_delta_bwd=False)
+                wy_blocked=True, dot16_delta_wy=True, dot16_delta_state=True, warps_delta_wy=1,
+                stages_delta_wy=2 if smem >= 160 * 1024 else 1, dot16_delta_bwd=bwd16)
 
 
 class _DeltaProblem:
@@ -68,7 +73,7 @@ class _DeltaProblem:
         K, V = q.shape[-1], v.shape[-1]
         overrides = overrides or {}
         # the delta keys; the shared ones go to the Call
-        mine = _default_delta_config(K, V, shared_mem(q.device), g is not None and g.ndim == 4, q.element_size())
+        mine = _default_delta_config(K, V, shared_mem(q.device), gate, q.element_size())
         self.p = p = Call(q, k, v, g, gate, scale, cu_seqlens, {n: x for n, x in overrides.items() if n not in mine})
         self.vector = p.GATE == GATE_VECTOR
         self.beta = beta.contiguous().view(p.TT, p.H)

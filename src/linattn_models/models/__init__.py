@@ -74,18 +74,17 @@ def _same_class(a, b):
 
 
 _MODELING_AUTO = "transformers.models.auto.modeling_auto"  # the model Auto classes' module (heavy: see below)
-_PENDING = []  # config classes whose model classes wait for _MODELING_AUTO's import (_AfterModelingAuto)
+_PENDING = []  # architectures whose model classes wait for _MODELING_AUTO's import (_AfterModelingAuto)
 
 
-def _register_models(config_classes, materialize):
+def _register_models(archs, materialize):
     import transformers
-    for config_cls in config_classes:
-        arch = next(a for a, c in CONFIGS.items() if c is config_cls)
+    for arch in archs:
         real = materialize or f"{__name__}.{arch}.modeling_{arch}" in sys.modules  # already imported: no stand-ins
         classes = model_classes(arch)[1:] if real else [_LazyModelClass(arch, h) for h in _HEADS]
         for auto_name, cls in zip(_AUTO, classes):
             # the mapping's own register: the Auto class's one would inspect (and so import) a stand-in
-            getattr(transformers, auto_name)._model_mapping.register(config_cls, cls, exist_ok=True)
+            getattr(transformers, auto_name)._model_mapping.register(CONFIGS[arch], cls, exist_ok=True)
 
 
 class _AfterModelingAuto(importlib.abc.MetaPathFinder):
@@ -135,7 +134,7 @@ def register_all(materialize=False):
                               f"from_pretrained)", stacklevel=2)
                 continue
         transformers.AutoConfig.register(model_type, config_cls, exist_ok=True)
-        mine.append(config_cls)
+        mine.append(arch)
         done.append(model_type)
     if materialize or _MODELING_AUTO in sys.modules:
         _PENDING[:] = [c for c in _PENDING if c not in mine]

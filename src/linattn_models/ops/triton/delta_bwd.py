@@ -103,6 +103,7 @@ def delta_state_bwd_kernel(q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk
     rt = tl.arange(0, BT)
     m_kv = (rk[:, None] < K) & (rv[None, :] < V)
     o_kv = rk[:, None] * V + rv[None, :]
+    od: tl.constexpr = k.dtype.element_ty if DOT16 else tl.float32  # the products' operand dtype
     dS = tl.zeros([KP, BV], dtype=tl.float32)
     if HAS_DHT:
         dS += tl.load(dht + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
@@ -127,17 +128,10 @@ def delta_state_bwd_kernel(q, k, w, do, gb, dht, dh, dvn, dh0, cu_seqlens, chunk
             qT = qT * tl.exp(tl.minimum(b, 0.0))[None, :]
             decay = tl.exp(b_C)
         wT = load_tile(w, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]
-        if DOT16:
-            lo = k.dtype.element_ty
-            x = (load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
-                 + tl.dot(kc.to(lo), dS.to(lo), input_precision=DOT_PREC))
-            dS = (dS * decay + tl.dot(qT.to(lo), dot_.to(lo), input_precision=DOT_PREC) * scale
-                  - tl.dot(wT.to(lo), x.to(lo), input_precision=DOT_PREC))
-        else:
-            x = (load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
-                 + tl.dot(kc, dS, input_precision=DOT_PREC))
-            dS = (dS * decay + tl.dot(qT, dot_, input_precision=DOT_PREC) * scale
-                  - tl.dot(wT.to(tl.float32), x, input_precision=DOT_PREC))
+        x = (load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
+             + tl.dot(kc.to(od), dS.to(od), input_precision=DOT_PREC))
+        dS = (dS * decay + tl.dot(qT.to(od), dot_.to(od), input_precision=DOT_PREC) * scale
+              - tl.dot(wT.to(od), x.to(od), input_precision=DOT_PREC))
         store_tile(dvn, x, start, L, i_v * BV, H, V, i_h, BT, BV)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + o_kv, dS, mask=m_kv)
@@ -220,6 +214,7 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
     rt = tl.arange(0, BT)
     valid = rt < L
     off = (i_t.to(tl.int64) * H + i_h) * K * V
+    od: tl.constexpr = do.dtype.element_ty if DOT16 else tl.float32  # the V loop's operand dtype
     acc_q = tl.zeros([BT, BK], dtype=tl.float32)  # dO S_0ᵀ
     acc_kw = tl.zeros([BT, BK], dtype=tl.float32)  # V_new dS_Cᵀ
     acc_w = tl.zeros([BT, BK], dtype=tl.float32)  # dV_new S_0ᵀ = −dW
@@ -233,11 +228,7 @@ def delta_qk_bwd_kernel(q, k, vn, dvn, do, beta, gb, h, dh, n_buf, dpg, dag, ia_
         dot_ = load_tile(do, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
         vnt = load_tile(vn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
         dvnt = load_tile(dvn, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0)
-        if DOT16:
-            lo = do.dtype.element_ty
-            hT, dhT, vnt, dvnt = hT.to(lo), dhT.to(lo), vnt.to(lo), dvnt.to(lo)
-        else:
-            hT, dhT, vnt, dot_ = hT.to(tl.float32), dhT.to(tl.float32), vnt.to(tl.float32), dot_.to(tl.float32)
+        hT, dhT, vnt, dvnt, dot_ = hT.to(od), dhT.to(od), vnt.to(od), dvnt.to(od), dot_.to(od)
         acc_q += tl.dot(dot_, hT, input_precision=DOT_PREC)
         acc_kw += tl.dot(vnt, dhT, input_precision=DOT_PREC)
         acc_w += tl.dot(dvnt, hT, input_precision=DOT_PREC)

@@ -245,6 +245,7 @@ def delta_state_kernel(k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T,
     rt = tl.arange(0, BT)
     m_kv = (rk[:, None] < K) & (rv[None, :] < V)
     o_kv = rk[:, None] * V + rv[None, :]
+    od: tl.constexpr = k.dtype.element_ty if DOT16 else tl.float32  # the products' operand dtype
     S = tl.zeros([KP, BV], dtype=tl.float32)
     if HAS_H0:
         S += tl.load(h0 + i_nh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0)
@@ -252,11 +253,7 @@ def delta_state_kernel(k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T,
         start = bos + c * BT
         L = tl.minimum(bos + L_seq - start, BT)
         tl.store(h + ((c0 + c) * H + i_h).to(tl.int64) * K * V + o_kv, S.to(h.dtype.element_ty), mask=m_kv)
-        wt = load_tile(w, start, L, 0, H, K, i_h, BT, KP, False, 0.0)
-        if DOT16:
-            ws = tl.dot(wt, S.to(wt.dtype), input_precision=DOT_PREC)
-        else:
-            ws = tl.dot(wt.to(tl.float32), S, input_precision=DOT_PREC)
+        ws = tl.dot(load_tile(w, start, L, 0, H, K, i_h, BT, KP, False, 0.0).to(od), S.to(od), input_precision=DOT_PREC)
         x = load_tile(u, start, L, i_v * BV, H, V, i_h, BT, BV, False, 0.0).to(tl.float32) - ws  # V_new; 0 past L
         store_tile(vn, x, start, L, i_v * BV, H, V, i_h, BT, BV)
         kT = load_tile(k, start, L, 0, H, K, i_h, BT, KP, True, 0.0).to(tl.float32)  # [KP, BT]
@@ -270,10 +267,7 @@ def delta_state_kernel(k, w, u, gb, h0, ht, h, vn, cu_seqlens, chunk_offsets, T,
             bT = load_tile(gb, start, L, 0, H, K, i_h, BT, KP, True, 0.0)  # [KP, BT]; kT is 0 past L
             kT = kT * tl.exp(tl.minimum(b_C[:, None] - bT, 0.0))
             S *= tl.exp(b_C)[:, None]
-        if DOT16:
-            S += tl.dot(kT.to(k.dtype.element_ty), x.to(k.dtype.element_ty), input_precision=DOT_PREC)
-        else:
-            S += tl.dot(kT, x, input_precision=DOT_PREC)
+        S += tl.dot(kT.to(od), x.to(od), input_precision=DOT_PREC)
     if STORE_FINAL:
         tl.store(ht + i_nh.to(tl.int64) * K * V + o_kv, S, mask=m_kv)
 
